@@ -1,0 +1,127 @@
+"""Generate a small Qwen3-architecture model directory that vLLM can serve with dummy weights.
+
+Nothing is downloaded: the config is written by hand and the tokenizer is trained offline on a
+seeded synthetic corpus. The tokenizer is a Metaspace BPE over printable ASCII with no byte
+fallback, so every id below the model's vocab size decodes to non-empty text on its own (a
+byte-level BPE would leave lone UTF-8 continuation bytes that stream out as empty deltas).
+
+Usage: python scripts/make_model.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+VOCAB_SIZE = 4096
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
+EOS_TOKEN = "<|im_end|>"
+
+# Qwen3-architecture, shrunk so that a CPU decodes hundreds of tokens per second. Two KV heads
+# of 64 dims over 2 layers: 1 KiB of KV per token in bf16.
+MODEL_CONFIG: dict[str, object] = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 256,
+    "intermediate_size": 768,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "rope_scaling": None,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "tie_word_embeddings": True,
+    "use_sliding_window": False,
+    "sliding_window": None,
+    "initializer_range": 0.02,
+    "torch_dtype": "bfloat16",
+    "use_cache": True,
+    "vocab_size": VOCAB_SIZE,
+    "bos_token_id": None,
+    "eos_token_id": SPECIAL_TOKENS.index(EOS_TOKEN),
+    "pad_token_id": SPECIAL_TOKENS.index("<|endoftext|>"),
+}
+
+# The usual ChatML layout Qwen models use.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_SYLLABLES = [c + v for c in "bcdfghjklmnprstvwz" for v in ("a", "e", "i", "o", "u", "ai", "ou")]
+_PUNCT = [".", ",", "?", "!", ";", ":", " -", "'s", "(", ")", "0", "1", "2", "42", "100"]
+
+
+def synthetic_corpus(lines: int = 20000, seed: int = 7) -> list[str]:
+    """Seeded pseudo-text: enough distinct words for BPE to learn a few thousand merges."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 4))) for _ in range(6000)]
+    words += ["the", "a", "to", "of", "and", "in", "is", "you", "that", "it", "user", "assistant"]
+    ascii_line = "".join(chr(c) for c in range(32, 127))
+    corpus = [ascii_line]
+    for _ in range(lines):
+        sentence = " ".join(rng.choice(words) for _ in range(rng.randint(4, 16)))
+        corpus.append(sentence.capitalize() + rng.choice(_PUNCT))
+    return corpus
+
+
+def build_tokenizer() -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=[chr(c) for c in range(32, 127)] + ["\n", "\u2581"],
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(synthetic_corpus(), trainer=trainer)
+    # Pad with plain (non-special) added tokens so every id the model can emit has text.
+    missing = VOCAB_SIZE - tokenizer.get_vocab_size()
+    if missing > 0:
+        tokenizer.add_tokens([f" w{i:04d}" for i in range(missing)])
+    if tokenizer.get_vocab_size() != VOCAB_SIZE:
+        raise SystemExit(f"tokenizer has {tokenizer.get_vocab_size()} ids, model expects {VOCAB_SIZE}")
+    return tokenizer
+
+
+def write_model(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    build_tokenizer().save(str(out / "tokenizer.json"))
+    (out / "config.json").write_text(json.dumps(MODEL_CONFIG, indent=2) + "\n")
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 4096,
+        "eos_token": EOS_TOKEN,
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<unk>",
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    generation_config = {"eos_token_id": MODEL_CONFIG["eos_token_id"], "do_sample": True}
+    (out / "generation_config.json").write_text(json.dumps(generation_config, indent=2) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: make_model.py OUT_DIR", file=sys.stderr)
+        return 2
+    write_model(Path(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

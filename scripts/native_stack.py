@@ -1,0 +1,376 @@
+"""Native mode: the compose stack's services as plain processes on 127.0.0.1, no GPU, no Docker.
+
+The same configuration files serve both modes: `compose/.env(.example)` for ports and knobs,
+`prometheus/` for scrape, rule and Alertmanager files. Only the scrape targets differ: native
+mode writes them for file-based service discovery under var/prometheus/targets.
+
+    scripts/local up|down|status
+
+Everything it writes (logs, PIDs, data, the generated model) lives under var/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = Path(os.environ.get("SERVING_ENVELOPE_VAR", ROOT / "var"))
+ENV_FILES = (ROOT / "compose" / ".env", ROOT / "compose" / ".env.example")
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+APP_PYTHON = ROOT / ".venv" / "bin" / "python"
+
+# Prometheus flags shared with compose.yaml's prometheus service (a test keeps them equal).
+PROMETHEUS_FLAGS = [
+    "--web.enable-remote-write-receiver",
+    "--web.enable-lifecycle",
+    "--enable-feature=exemplar-storage",
+    "--storage.tsdb.retention.time=15d",
+]
+
+
+class StackError(Exception):
+    """A one-line, user-facing reason why the stack could not be brought up."""
+
+
+def read_settings(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Settings from compose/.env (or .env.example), overridden by the environment."""
+    environ = dict(os.environ) if environ is None else environ
+    path = next(p for p in ENV_FILES if p.exists())
+    settings: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        settings[key.strip()] = value.strip().strip('"').strip("'")
+    for key in list(settings):
+        if key in environ:
+            settings[key] = environ[key]
+    return settings
+
+
+@dataclass
+class Service:
+    name: str
+    port: int
+    health_path: str
+    command: Callable[[dict[str, str]], list[str]]
+    requires: str  # executable that must exist, named in the error when it does not
+    env: dict[str, str] = field(default_factory=dict)
+    start_timeout: float = 60.0
+
+    def url(self, settings: dict[str, str]) -> str:
+        return f"http://{settings['BIND_ADDRESS']}:{self.port}"
+
+
+def model_dir() -> Path:
+    return VAR / "model"
+
+
+def vllm_command(s: dict[str, str]) -> list[str]:
+    command = [
+        str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir()),
+        "--served-model-name", s["NATIVE_SERVED_MODEL_NAME"],
+        "--load-format", "dummy",
+        "--host", s["BIND_ADDRESS"],
+        "--port", s["VLLM_PORT"],
+        "--max-model-len", s["NATIVE_MAX_MODEL_LEN"],
+        "--max-num-seqs", s["NATIVE_MAX_NUM_SEQS"],
+        "--num-gpu-blocks-override", s["NATIVE_KV_BLOCKS"],
+    ]
+    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    if traces:
+        command += ["--otlp-traces-endpoint", traces]
+    return command
+
+
+def collector_command(s: dict[str, str]) -> list[str]:
+    return [
+        str(APP_PYTHON), "-m", "collector",
+        "--upstream", f"http://{s['BIND_ADDRESS']}:{s['VLLM_PORT']}",
+        "--host", s["BIND_ADDRESS"],
+        "--port", s["COLLECTOR_PORT"],
+    ]
+
+
+def prometheus_command(s: dict[str, str]) -> list[str]:
+    return [
+        "prometheus",
+        f"--config.file={VAR / 'prometheus' / 'prometheus.yml'}",
+        f"--storage.tsdb.path={VAR / 'data' / 'prometheus'}",
+        f"--web.listen-address={s['BIND_ADDRESS']}:{s['PROMETHEUS_PORT']}",
+        *PROMETHEUS_FLAGS,
+    ]
+
+
+def alertmanager_command(s: dict[str, str]) -> list[str]:
+    return [
+        "prometheus-alertmanager",
+        f"--config.file={VAR / 'prometheus' / 'alertmanager.yml'}",
+        f"--storage.path={VAR / 'data' / 'alertmanager'}",
+        f"--web.listen-address={s['BIND_ADDRESS']}:{s['ALERTMANAGER_PORT']}",
+        "--cluster.listen-address=",
+    ]
+
+
+def node_exporter_command(s: dict[str, str]) -> list[str]:
+    return [
+        "prometheus-node-exporter",
+        f"--web.listen-address={s['BIND_ADDRESS']}:{s['NODE_EXPORTER_PORT']}",
+    ]
+
+
+def services(s: dict[str, str]) -> list[Service]:
+    """In start order: the slow vLLM first so the others come up while it loads."""
+    vllm_env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": s["NATIVE_KVCACHE_SPACE_GIB"],
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
+    return [
+        Service("vllm", int(s["VLLM_PORT"]), "/health", vllm_command, str(VLLM_PYTHON), vllm_env, 420.0),
+        Service("node-exporter", int(s["NODE_EXPORTER_PORT"]), "/metrics", node_exporter_command,
+                "prometheus-node-exporter"),
+        Service("alertmanager", int(s["ALERTMANAGER_PORT"]), "/-/ready", alertmanager_command,
+                "prometheus-alertmanager"),
+        Service("prometheus", int(s["PROMETHEUS_PORT"]), "/-/ready", prometheus_command, "prometheus"),
+        Service("collector", int(s["COLLECTOR_PORT"]), "/metrics", collector_command, str(APP_PYTHON),
+                start_timeout=420.0),
+    ]
+
+
+# --- Prometheus files: the repo's own, with native targets beside them ---------------------
+
+# compose service name -> (settings key of its port, native-mode job present?)
+SCRAPE_TARGETS = {
+    "vllm": "VLLM_PORT",
+    "collector": "COLLECTOR_PORT",
+    "node-exporter": "NODE_EXPORTER_PORT",
+    "dcgm-exporter": "DCGM_EXPORTER_PORT",
+    "alertmanager": "ALERTMANAGER_PORT",
+    "prometheus": "PROMETHEUS_PORT",
+}
+NATIVE_ABSENT = {"dcgm-exporter"}  # no GPU here: its target list stays empty, not down
+
+
+def write_prometheus_dir(s: dict[str, str]) -> None:
+    """var/prometheus mirrors prometheus/ through symlinks; only targets/ is written here."""
+    out = VAR / "prometheus"
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in (ROOT / "prometheus").iterdir():
+        if entry.name == "targets":
+            continue
+        link = out / entry.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(entry)
+    targets = out / "targets"
+    if targets.is_symlink():
+        targets.unlink()
+    targets.mkdir(exist_ok=True)
+    host = s["BIND_ADDRESS"]
+    for name, port_key in SCRAPE_TARGETS.items():
+        groups = [] if name in NATIVE_ABSENT else [{"targets": [f"{host}:{s[port_key]}"]}]
+        (targets / f"{name}.yml").write_text(yaml.safe_dump(groups))
+    # Alertmanager's webhook receiver lives on the host in native mode.
+    webhook = out / "alertmanager.yml"
+    source = ROOT / "prometheus" / "alertmanager.yml"
+    if source.exists():
+        if webhook.is_symlink():
+            webhook.unlink()
+        text = source.read_text().replace("alert-webhook:", f"{host}:")
+        text = text.replace("${ALERT_WEBHOOK_PORT}", s["ALERT_WEBHOOK_PORT"])
+        webhook.write_text(text)
+
+
+# --- Process bookkeeping --------------------------------------------------------------------
+
+def pid_file(name: str) -> Path:
+    return VAR / "run" / f"{name}.pid"
+
+
+def log_file(name: str) -> Path:
+    return VAR / "log" / f"{name}.log"
+
+
+def recorded_pid(name: str) -> int | None:
+    """The PID `up` recorded, if that process is still the one we started."""
+    path = pid_file(name)
+    if not path.exists():
+        return None
+    try:
+        pid_text, _, marker = path.read_text().partition("\n")
+        pid = int(pid_text)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (ValueError, OSError):
+        return None
+    return pid if marker.strip() and marker.strip() in cmdline else None
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def healthy(service: Service, s: dict[str, str]) -> bool:
+    try:
+        return requests.get(service.url(s) + service.health_path, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def last_log_line(name: str) -> str:
+    try:
+        lines = [ln for ln in log_file(name).read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""
+
+
+def start(service: Service, s: dict[str, str]) -> int:
+    command = service.command(s)
+    log_file(service.name).parent.mkdir(parents=True, exist_ok=True)
+    pid_file(service.name).parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **service.env}
+    with log_file(service.name).open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=ROOT, env=env, start_new_session=True,
+        )
+    # The marker lets `down` refuse to signal a recycled PID that is not ours.
+    marker = " ".join(command[1:3]) if len(command) > 2 else command[0]
+    pid_file(service.name).write_text(f"{process.pid}\n{marker}\n")
+    return process.pid
+
+
+def stop(name: str, grace: float = 20.0) -> bool:
+    pid = recorded_pid(name)
+    pid_file(name).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+            return True
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+# --- Commands -------------------------------------------------------------------------------
+
+def up(s: dict[str, str], only: list[str] | None = None) -> None:
+    wanted = [svc for svc in services(s) if only is None or svc.name in only]
+    to_start: list[Service] = []
+    for svc in wanted:
+        if recorded_pid(svc.name) is not None:
+            continue  # already ours and running
+        if shutil.which(svc.requires) is None and not Path(svc.requires).exists():
+            raise StackError(f"{svc.name}: {svc.requires} is not installed (run scripts/setup)")
+        if port_in_use(s["BIND_ADDRESS"], svc.port):
+            raise StackError(f"{svc.name}: port {s['BIND_ADDRESS']}:{svc.port} is already in use")
+        to_start.append(svc)
+    if not to_start:
+        print("native stack already running")
+        return
+    if any(svc.name == "vllm" for svc in to_start) and not (model_dir() / "config.json").exists():
+        subprocess.run([str(APP_PYTHON), str(ROOT / "scripts" / "make_model.py"), str(model_dir())], check=True)
+    write_prometheus_dir(s)
+    started: list[str] = []
+    try:
+        for svc in to_start:
+            start(svc, s)
+            started.append(svc.name)
+        for svc in to_start:
+            wait_healthy(svc, s)
+            print(f"  {svc.name:<14} up  {svc.url(s)}")
+    except (StackError, KeyboardInterrupt) as error:
+        for name in reversed(started):
+            stop(name)
+        if isinstance(error, KeyboardInterrupt):
+            raise StackError("interrupted; stopped what was started") from error
+        raise
+
+
+def wait_healthy(svc: Service, s: dict[str, str]) -> None:
+    deadline = time.monotonic() + svc.start_timeout
+    while time.monotonic() < deadline:
+        if healthy(svc, s):
+            return
+        if recorded_pid(svc.name) is None or _is_zombie(int(pid_file(svc.name).read_text().split()[0])):
+            raise StackError(
+                f"{svc.name} exited during start-up (see {log_file(svc.name)}: {last_log_line(svc.name)})"
+            )
+        time.sleep(0.5)
+    raise StackError(f"{svc.name} not healthy after {svc.start_timeout:.0f} s (see {log_file(svc.name)})")
+
+
+def down(s: dict[str, str]) -> None:
+    stopped = [svc.name for svc in reversed(services(s)) if stop(svc.name)]
+    print("stopped: " + ", ".join(stopped) if stopped else "native stack is not running")
+
+
+def status(s: dict[str, str]) -> int:
+    running = 0
+    for svc in services(s):
+        pid = recorded_pid(svc.name)
+        state = "down" if pid is None else ("up" if healthy(svc, s) else "starting/unhealthy")
+        running += pid is not None
+        print(f"{svc.name:<14} {state:<18} {svc.url(s)}  pid={pid or '-'}")
+    return 0 if running else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/local", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("services", nargs="*", help="only these services (default: all)")
+    args = parser.parse_args(argv)
+    settings = read_settings()
+    try:
+        if args.command == "up":
+            up(settings, args.services or None)
+        elif args.command == "down":
+            down(settings)
+        else:
+            return status(settings)
+    except StackError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
