@@ -57,7 +57,7 @@ async def stream_chat(
                     ttft = time.perf_counter() - start
                 if chunk.get("usage"):
                     tokens = chunk["usage"].get("completion_tokens")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         return RequestRecord(step, False, 0, ttft, time.perf_counter() - start, tokens, type(error).__name__)
     return RequestRecord(step, ttft is not None, 200, ttft, time.perf_counter() - start, tokens)
 

@@ -12,6 +12,7 @@ Everything it writes (logs, PIDs, data, the generated model) lives under var/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -276,10 +277,8 @@ def stop(name: str, grace: float = 20.0) -> bool:
         if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
             return True
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     return True
 
 
