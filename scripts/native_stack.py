@@ -247,6 +247,10 @@ def last_log_line(name: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
+# Children started by this process: kept so they can be reaped (and no Popen is dropped alive).
+_children: dict[str, subprocess.Popen[bytes]] = {}
+
+
 def start(service: Service, s: dict[str, str]) -> int:
     command = service.command(s)
     log_file(service.name).parent.mkdir(parents=True, exist_ok=True)
@@ -260,13 +264,17 @@ def start(service: Service, s: dict[str, str]) -> int:
     # The marker lets `down` refuse to signal a recycled PID that is not ours.
     marker = " ".join(command[1:3]) if len(command) > 2 else command[0]
     pid_file(service.name).write_text(f"{process.pid}\n{marker}\n")
+    _children[service.name] = process
     return process.pid
 
 
 def stop(name: str, grace: float = 20.0) -> bool:
     pid = recorded_pid(name)
     pid_file(name).unlink(missing_ok=True)
+    child = _children.pop(name, None)
     if pid is None:
+        if child is not None:
+            child.wait()
         return False
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -275,10 +283,14 @@ def stop(name: str, grace: float = 20.0) -> bool:
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+            if child is not None:
+                child.wait()
             return True
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+    if child is not None:
+        child.wait()
     return True
 
 
