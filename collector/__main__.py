@@ -1,0 +1,34 @@
+"""python -m collector --upstream URL --host ADDR --port PORT"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from aiohttp import web
+
+from collector.app import build_app
+from collector.settings import parse_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Quiet per-request access logs: they would cost more CPU than the proxying itself.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, absent only on odd platforms
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    app = build_app(settings)
+    logging.getLogger("collector").info("proxying %s on %s:%d", settings.upstream_base, settings.host,
+                                        settings.port)
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
+                handler_cancellation=True, loop=loop_factory() if loop_factory else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The aiohttp application: routes, the upstream session's lifetime, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+
+from collector import errors
+from collector.metrics import Metrics
+from collector.models import ModelNames
+from collector.proxy import OPERATIONS, Proxy
+from collector.settings import Settings
+from collector.tracing import setup_tracing, tracer
+from collector.upstream import make_session
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own HTTP errors (bad method, bad request) as OpenAI-style JSON, never HTML."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        error_type = errors.INVALID_REQUEST if error.status < 500 else errors.INTERNAL
+        return errors.error_response(error.status, error.reason, error_type)
+
+
+def build_app(settings: Settings, metrics: Metrics | None = None,
+              provider: TracerProvider | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
+    metrics = metrics if metrics is not None else Metrics()
+    provider = provider if provider is not None else setup_tracing()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        session = make_session(settings.connect_timeout)
+        models = ModelNames(session, settings.upstream_base, metrics, settings.models_refresh_seconds)
+        proxy = Proxy(settings, session, metrics, models, tracer(provider))
+        app[PROXY_KEY] = proxy
+        refresher = asyncio.get_running_loop().create_task(models.run())
+        yield
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await session.close()
+        provider.shutdown()
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition(request.headers.get("Accept"))
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def generation(request: web.Request) -> web.StreamResponse:
+        return await app[PROXY_KEY].generate(request)
+
+    async def relay(request: web.Request) -> web.StreamResponse:
+        return await app[PROXY_KEY].relay(request)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/metrics", serve_metrics)
+    for path in OPERATIONS:
+        app.router.add_route("*", path, generation)
+    app.router.add_route("*", "/{tail:.*}", relay)
+    return app
+
+
+PROXY_KEY = web.AppKey("proxy", Proxy)

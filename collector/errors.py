@@ -1,0 +1,35 @@
+"""OpenAI-style error bodies, for HTTP responses and for a terminal SSE event."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+# error.type values the collector itself produces (bounded: they become metric labels).
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+UPSTREAM_TIMEOUT = "upstream_timeout"
+UPSTREAM_DISCONNECTED = "upstream_disconnected"
+UPSTREAM_STREAM_ERROR = "upstream_stream_error"
+CLIENT_DISCONNECTED = "client_disconnected"
+INTERNAL = "internal_error"
+
+
+def error_body(message: str, error_type: str, status: int, param: str | None = None) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": error_type, "param": param, "code": status}},
+        separators=(",", ":"),
+    ).encode()
+
+
+def error_response(status: int, message: str, error_type: str, param: str | None = None) -> web.Response:
+    return web.Response(
+        status=status, body=error_body(message, error_type, status, param), content_type="application/json",
+    )
+
+
+def sse_error_event(message: str, error_type: str, status: int) -> bytes:
+    # vLLM ends a failed stream the same way: an error event, then [DONE].
+    return b"data: " + error_body(message, error_type, status) + b"\n\ndata: [DONE]\n\n"

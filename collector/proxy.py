@@ -1,0 +1,413 @@
+"""The request handlers: metered generation endpoints, and a plain relay for every other path."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from collector import errors
+from collector.metrics import Metrics, finish_reason_label
+from collector.models import ModelNames
+from collector.settings import Settings
+from collector.sse import StreamScanner
+from collector.tracing import trace_id_hex
+from collector.upstream import request_headers, response_headers
+
+log = logging.getLogger(__name__)
+
+# path -> GenAI operation name (gen_ai.operation.name)
+OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion"}
+RELAY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# Upstream error bodies are small JSON; more than this is cut (the status still passes through).
+MAX_ERROR_BODY = 1 << 20
+MAX_ATTRIBUTE_CHARS = 256
+CLIENT_CLOSED_STATUS = 499  # nginx's convention: the client went away before the response ended
+
+
+@dataclass
+class Exchange:
+    """What one generation request did, recorded into metrics and its span when it ends."""
+
+    operation: str
+    model: str
+    started: float
+    span: trace.Span
+    stream: bool = False
+    status: int = 200
+    error_type: str = ""
+    ttft: float | None = None
+    ended: float | None = None
+    usage: dict[str, Any] | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def trace_id(self) -> str | None:
+        return trace_id_hex(self.span)
+
+    def fail(self, status: int, error_type: str) -> None:
+        self.status, self.error_type = status, error_type
+
+
+class Proxy:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics,
+                 models: ModelNames, tracer: trace.Tracer) -> None:
+        self.settings = settings
+        self.session = session
+        self.metrics = metrics
+        self.models = models
+        self.tracer = tracer
+
+    # --- shared checks -------------------------------------------------------------------------
+
+    def _unauthorized(self, request: web.Request) -> web.Response | None:
+        key = self.settings.api_key
+        if not key:
+            return None
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode()):
+            return None
+        return errors.error_response(401, "missing or invalid API key (Authorization: Bearer ...)",
+                                     errors.AUTHENTICATION)
+
+    async def _read_body(self, request: web.Request) -> bytes | web.Response:
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return errors.error_response(413, f"request body over {limit} bytes", errors.INVALID_REQUEST)
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return errors.error_response(413, f"request body over {limit} bytes", errors.INVALID_REQUEST)
+
+    async def _send(self, method: str, url: str, body: bytes | None,
+                    headers: Any) -> aiohttp.ClientResponse | web.Response:
+        try:
+            return await self.session.request(method, url, data=body, headers=headers, allow_redirects=False)
+        except aiohttp.ConnectionTimeoutError:
+            return errors.error_response(503, "upstream did not accept the connection in time",
+                                         errors.UPSTREAM_TIMEOUT)
+        except aiohttp.ClientError as error:
+            return errors.error_response(502, f"upstream unavailable: {type(error).__name__}",
+                                         errors.UPSTREAM_UNAVAILABLE)
+
+    # --- every other path ----------------------------------------------------------------------
+
+    async def relay(self, request: web.Request) -> web.StreamResponse:
+        """Pass-through for /v1/models, /health and anything else: no metering beyond a counter."""
+        if request.method not in RELAY_METHODS:
+            response: web.StreamResponse = errors.error_response(
+                405, f"method {request.method} not allowed", errors.INVALID_REQUEST)
+        elif request.path.startswith("/v1/") and (denied := self._unauthorized(request)) is not None:
+            response = denied
+        else:
+            response = await self._relay(request)
+        self.metrics.passthrough_requests.labels(f"{response.status // 100}xx").inc()
+        return response
+
+    async def _relay(self, request: web.Request) -> web.StreamResponse:
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        upstream = await self._send(request.method, self.settings.upstream_base + request.path_qs,
+                                    body or None, request_headers(request.headers))
+        if isinstance(upstream, web.Response):
+            return upstream
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                          headers=response_headers(upstream.headers))
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            await response.prepare(request)
+            try:
+                async for data in upstream.content.iter_any():
+                    await response.write(data)
+            except aiohttp.ClientError:
+                log.warning("upstream closed %s %s mid-response", request.method, request.path)
+                return response
+            await response.write_eof()
+        return response
+
+    # --- generation endpoints ------------------------------------------------------------------
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        operation = OPERATIONS[request.path]
+        span = self.tracer.start_span(
+            operation, context=propagate.extract(request.headers), kind=SpanKind.CLIENT,
+            attributes={"gen_ai.operation.name": operation, "gen_ai.system": "vllm",
+                        "gen_ai.provider.name": "vllm", "http.request.method": request.method,
+                        "url.path": request.path})
+        exchange = Exchange(operation=operation, model="other", started=started, span=span)
+        in_flight = self.metrics.requests_in_flight.labels(operation)
+        in_flight.inc()
+        try:
+            return await self._generate(request, exchange)
+        except asyncio.CancelledError:
+            exchange.fail(CLIENT_CLOSED_STATUS, errors.CLIENT_DISCONNECTED)
+            raise
+        except Exception:
+            log.exception("internal error on %s", request.path)
+            exchange.fail(500, errors.INTERNAL)
+            return errors.error_response(500, "internal error in the collector", errors.INTERNAL)
+        finally:
+            in_flight.dec()
+            self._record(exchange)
+
+    def _reject(self, exchange: Exchange, status: int, message: str, error_type: str,
+                param: str | None = None) -> web.Response:
+        exchange.fail(status, error_type)
+        return errors.error_response(status, message, error_type, param)
+
+    async def _generate(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        if request.method != "POST":
+            return self._reject(exchange, 405, f"{request.path} accepts POST only, not {request.method}",
+                                errors.INVALID_REQUEST)
+        denied = self._unauthorized(request)
+        if denied is not None:
+            exchange.fail(401, errors.AUTHENTICATION)
+            return denied
+        if request.content_type != "application/json":
+            return self._reject(exchange, 415, "Content-Type must be application/json",
+                                errors.INVALID_REQUEST)
+        raw = await self._read_body(request)
+        if isinstance(raw, web.Response):
+            exchange.fail(raw.status, errors.INVALID_REQUEST)
+            return raw
+        try:
+            body = json.loads(raw)
+        except ValueError as error:
+            return self._reject(exchange, 400, f"request body is not valid JSON: {error}",
+                                errors.INVALID_REQUEST)
+        if not isinstance(body, dict):
+            return self._reject(exchange, 400, "request body must be a JSON object", errors.INVALID_REQUEST)
+
+        exchange.model = self.models.label(body.get("model"))
+        self._annotate_request(exchange, body)
+        exchange.stream = body.get("stream") is True
+        strip_usage = False
+        if exchange.stream:
+            options = body.get("stream_options")
+            if options is None or (isinstance(options, dict) and not options.get("include_usage")):
+                # Token counts come from the usage event; the client did not ask for it, so it is
+                # requested here and cut out of what the client receives.
+                body["stream_options"] = {**(options or {}), "include_usage": True}
+                strip_usage = True
+                raw = json.dumps(body, separators=(",", ":")).encode()
+
+        headers = request_headers(request.headers)
+        headers["Content-Type"] = "application/json"
+        propagate.inject(headers, context=trace.set_span_in_context(exchange.span))
+        upstream = await self._send("POST", self.settings.upstream_base + request.path, raw, headers)
+        if isinstance(upstream, web.Response):
+            exchange.fail(upstream.status, errors.UPSTREAM_TIMEOUT if upstream.status == 503
+                          else errors.UPSTREAM_UNAVAILABLE)
+            return upstream
+        async with upstream:
+            if upstream.status != 200:
+                return await self._upstream_error(upstream, exchange)
+            if exchange.stream and upstream.content_type == "text/event-stream":
+                return await self._relay_stream(request, upstream, exchange, strip_usage)
+            return await self._relay_whole(upstream, exchange)
+
+    def _annotate_request(self, exchange: Exchange, body: dict[str, Any]) -> None:
+        span = exchange.span
+        span.update_name(f"{exchange.operation} {exchange.model}")
+        requested = body.get("model")
+        if isinstance(requested, str):
+            span.set_attribute("gen_ai.request.model", requested[:MAX_ATTRIBUTE_CHARS])
+        for key, attribute in (("max_tokens", "gen_ai.request.max_tokens"),
+                               ("max_completion_tokens", "gen_ai.request.max_tokens"),
+                               ("temperature", "gen_ai.request.temperature"),
+                               ("top_p", "gen_ai.request.top_p"), ("seed", "gen_ai.request.seed"),
+                               ("n", "gen_ai.request.choice.count")):
+            value = body.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                span.set_attribute(attribute, value)
+        span.set_attribute("gen_ai.request.stream", body.get("stream") is True)
+        if self.settings.capture_content:
+            prompt = body.get("messages") if exchange.operation == "chat" else body.get("prompt")
+            span.set_attribute("gen_ai.input.messages", json.dumps(prompt))
+
+    async def _upstream_error(self, upstream: aiohttp.ClientResponse, exchange: Exchange) -> web.Response:
+        body = await upstream.content.read(MAX_ERROR_BODY)
+        exchange.fail(upstream.status, str(upstream.status))
+        return web.Response(status=upstream.status, body=body, headers=response_headers(upstream.headers))
+
+    async def _relay_whole(self, upstream: aiohttp.ClientResponse, exchange: Exchange) -> web.Response:
+        try:
+            body = await upstream.read()
+        except aiohttp.ClientError:
+            return self._reject(exchange, 502, "upstream closed the connection mid-response",
+                                errors.UPSTREAM_DISCONNECTED)
+        exchange.ended = time.perf_counter()
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            if isinstance(parsed.get("usage"), dict):
+                exchange.usage = parsed["usage"]
+            choices = parsed.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
+                if isinstance(choice, dict) and choice.get("finish_reason"):
+                    exchange.finish_reasons.append(str(choice["finish_reason"]))
+            self._annotate_response(exchange, parsed.get("model"), parsed.get("id"))
+            if self.settings.capture_content:
+                exchange.span.set_attribute("gen_ai.output.messages", json.dumps(choices))
+        return web.Response(status=200, body=body, headers=response_headers(upstream.headers))
+
+    def _annotate_response(self, exchange: Exchange, model: object, response_id: object) -> None:
+        if isinstance(model, str):
+            exchange.span.set_attribute("gen_ai.response.model", model[:MAX_ATTRIBUTE_CHARS])
+        if isinstance(response_id, str):
+            exchange.span.set_attribute("gen_ai.response.id", response_id[:MAX_ATTRIBUTE_CHARS])
+
+    async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                            exchange: Exchange, strip_usage: bool) -> web.StreamResponse:
+        itl = self.metrics.inter_token_latency.labels(exchange.model, exchange.operation)
+        last_chunk: list[float] = []
+
+        def on_token_chunk(now: float, chunks: int) -> None:
+            previous = last_chunk[0] if last_chunk else scanner.first_token_at or now
+            itl.observe(now - previous)
+            for _ in range(chunks - 1):
+                itl.observe(0.0)  # arrived together: the client saw no gap between them
+            last_chunk[:] = [now]
+
+        scanner = StreamScanner(chat=exchange.operation == "chat", strip_usage=strip_usage,
+                                capture_content=self.settings.capture_content, on_token_chunk=on_token_chunk)
+        streams = self.metrics.streams_in_flight.labels(exchange.operation)
+        streams.inc()
+        try:
+            response = await self._pump(request, upstream, exchange, scanner)
+        finally:
+            streams.dec()
+            exchange.usage = scanner.usage
+            exchange.finish_reasons = scanner.finish_reasons
+            self._annotate_response(exchange, scanner.response_model, scanner.response_id)
+            if self.settings.capture_content:
+                exchange.span.set_attribute("gen_ai.output.messages", "".join(scanner.completion_text))
+        return response
+
+    async def _pump(self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange,
+                    scanner: StreamScanner) -> web.StreamResponse:
+        """Relay the stream; the response head waits for the first token (so TTFB = TTFT)."""
+        response: web.StreamResponse | None = None
+        held: list[bytes] = []
+        upstream_failed = False
+        content = upstream.content
+        try:
+            while True:
+                try:
+                    data = await content.readany()
+                except (aiohttp.ClientError, TimeoutError):
+                    upstream_failed = True
+                    break
+                if not data:
+                    break
+                out = scanner.feed(data, time.perf_counter())
+                if response is not None:
+                    if out:
+                        await response.write(out)
+                    continue
+                if scanner.error is not None:
+                    return self._stream_error_before_first_token(exchange, scanner.error)
+                if out:
+                    held.append(out)
+                if scanner.first_token_at is not None:
+                    exchange.ttft = scanner.first_token_at - exchange.started
+                    exchange.span.add_event("gen_ai.first_token", {"gen_ai.response.time_to_first_chunk":
+                                                                   exchange.ttft})
+                    response = await self._open_stream(request, upstream, held)
+                    held = []
+            rest = scanner.flush()
+            if rest:
+                held.append(rest)
+            if response is None:
+                if upstream_failed or not (scanner.done or scanner.finish_reasons):
+                    return self._reject(exchange, 502, "upstream closed the stream before the first token",
+                                        errors.UPSTREAM_DISCONNECTED)
+                if scanner.error is not None:
+                    return self._stream_error_before_first_token(exchange, scanner.error)
+                response = await self._open_stream(request, upstream, held)
+            elif rest:
+                await response.write(rest)
+            if upstream_failed or not (scanner.done or scanner.finish_reasons):
+                exchange.error_type = errors.UPSTREAM_DISCONNECTED
+                await response.write(errors.sse_error_event(
+                    "upstream closed the stream mid-response", errors.UPSTREAM_DISCONNECTED, 502))
+            elif scanner.error is not None:
+                exchange.error_type = errors.UPSTREAM_STREAM_ERROR
+            await response.write_eof()
+            exchange.ended = time.perf_counter()
+            return response
+        except ConnectionError:
+            # The client went away: dropping the upstream connection makes vLLM abort the request.
+            upstream.close()
+            exchange.fail(CLIENT_CLOSED_STATUS, errors.CLIENT_DISCONNECTED)
+            return response if response is not None else web.Response(status=CLIENT_CLOSED_STATUS)
+        except asyncio.CancelledError:
+            upstream.close()
+            raise
+
+    async def _open_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
+                           held: list[bytes]) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers=response_headers(upstream.headers))
+        await response.prepare(request)
+        if held:
+            await response.write(held[0] if len(held) == 1 else b"".join(held))
+        return response
+
+    def _stream_error_before_first_token(self, exchange: Exchange, error: dict[str, Any]) -> web.Response:
+        code = error.get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 502
+        message = str(error.get("message") or "upstream reported an error before the first token")
+        return self._reject(exchange, status, message, errors.UPSTREAM_STREAM_ERROR)
+
+    # --- recording -----------------------------------------------------------------------------
+
+    def _record(self, exchange: Exchange) -> None:
+        m, model, operation = self.metrics, exchange.model, exchange.operation
+        span = exchange.span
+        finish = exchange.finish_reasons[0] if exchange.finish_reasons else None
+        m.requests.labels(model, operation, str(exchange.status), exchange.error_type,
+                          finish_reason_label(finish)).inc()
+        trace_id = exchange.trace_id
+        exemplar = {"trace_id": trace_id} if trace_id else None
+        if exchange.ttft is not None:
+            m.time_to_first_token.labels(model, operation).observe(exchange.ttft, exemplar)
+            span.set_attribute("gen_ai.response.time_to_first_chunk", exchange.ttft)
+        usage = exchange.usage or {}
+        prompt_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt_tokens, int):
+            m.prompt_tokens.labels(model, operation).inc(prompt_tokens)
+            m.prompt_tokens_per_request.labels(model, operation).observe(prompt_tokens)
+            span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
+        if isinstance(output_tokens, int):
+            m.generation_tokens.labels(model, operation).inc(output_tokens)
+            m.generation_tokens_per_request.labels(model, operation).observe(output_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+        succeeded = exchange.status == 200 and not exchange.error_type and exchange.ended is not None
+        if succeeded and exchange.ended is not None:
+            e2e = exchange.ended - exchange.started
+            m.e2e_latency.labels(model, operation).observe(e2e, exemplar)
+            if exchange.ttft is not None and isinstance(output_tokens, int) and output_tokens > 1:
+                m.time_per_output_token.labels(model, operation).observe(
+                    (e2e - exchange.ttft) / (output_tokens - 1), exemplar)
+        if exchange.finish_reasons:
+            span.set_attribute("gen_ai.response.finish_reasons", exchange.finish_reasons)
+        span.set_attribute("http.response.status_code", exchange.status)
+        if exchange.error_type:
+            span.set_attribute("error.type", exchange.error_type)
+            span.set_status(Status(StatusCode.ERROR, exchange.error_type))
+        span.end()

@@ -1,0 +1,206 @@
+"""Metering of an OpenAI-style SSE stream as it passes, with as little work per chunk as possible.
+
+The scanner forwards whole events only (so the client never sees half an event and the usage event
+can be cut out). In the common case an upstream read ends on an event boundary and the bytes are
+forwarded as they are: no copy. Until the first token it parses each event (a handful of small
+ones); after it, it only counts and searches bytes (C-level `count`/`find`) and parses just the
+rare events it needs: the usage event, an error event, none else. JSON keys can be matched as bytes
+safely: inside a JSON string every quote is escaped, so `"usage":{` only ever matches a real key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+EVENT_END = b"\n\n"
+DONE = b"data: [DONE]"
+USAGE_KEY = b'"usage":{'
+FINISH_KEY = b'"finish_reason":"'
+ERROR_KEY = b'{"error"'
+CHAT_CHUNK_KEY = b'"delta":{'
+COMPLETION_CHUNK_KEY = b'"text":'
+# An upstream that never ends an event must not make the scanner hold unbounded bytes.
+MAX_PENDING_BYTES = 1 << 20
+
+
+@dataclass
+class StreamScanner:
+    chat: bool
+    strip_usage: bool
+    capture_content: bool = False
+    on_token_chunk: Callable[[float, int], None] | None = None  # (arrival time, content chunks)
+
+    first_token_at: float | None = None
+    usage: dict[str, Any] | None = None
+    finish_reasons: list[str] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    done: bool = False
+    response_model: str | None = None
+    response_id: str | None = None
+    content_chunks: int = 0
+    completion_text: list[str] = field(default_factory=list)
+    _pending: bytes = b""
+
+    def feed(self, data: bytes, now: float) -> bytes:
+        """Bytes to forward to the client now (whole events), from the next upstream read."""
+        buf = self._pending + data if self._pending else data
+        end = buf.rfind(EVENT_END)
+        if end < 0:
+            if len(buf) > MAX_PENDING_BYTES:
+                self._pending = b""
+                return buf
+            self._pending = buf
+            return b""
+        end += len(EVENT_END)
+        if end < len(buf):
+            self._pending = buf[end:]
+            buf = buf[:end]
+        else:
+            self._pending = b""
+        if self.first_token_at is None or self.capture_content:
+            return self._parse_events(buf, now)
+        return self._scan(buf, now)
+
+    def flush(self) -> bytes:
+        """What is left at the end of the stream (an unterminated last event)."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+    # --- fast path: after the first token -------------------------------------------------------
+
+    def _scan(self, buf: bytes, now: float) -> bytes:
+        chunks = buf.count(CHAT_CHUNK_KEY if self.chat else COMPLETION_CHUNK_KEY)
+        if chunks:
+            self.content_chunks += chunks
+            if self.on_token_chunk is not None:
+                self.on_token_chunk(now, chunks)
+        if FINISH_KEY in buf:
+            self._note_finish_reasons(buf)
+        if USAGE_KEY in buf:
+            buf = self._take_usage(buf)
+        if ERROR_KEY in buf:
+            start = buf.find(ERROR_KEY)
+            self._note_error(self._event_payload(buf, start))
+        if DONE in buf:
+            self.done = True
+        return buf
+
+    def _note_finish_reasons(self, buf: bytes) -> None:
+        at = buf.find(FINISH_KEY)
+        while at >= 0:
+            start = at + len(FINISH_KEY)
+            self.finish_reasons.append(buf[start:buf.find(b'"', start)].decode(errors="replace"))
+            at = buf.find(FINISH_KEY, start)
+
+    def _take_usage(self, buf: bytes) -> bytes:
+        at = buf.find(USAGE_KEY)
+        start = buf.rfind(EVENT_END, 0, at)
+        start = 0 if start < 0 else start + len(EVENT_END)
+        end = buf.find(EVENT_END, at) + len(EVENT_END)
+        event = self._decode(buf[start:end])
+        if isinstance(event, dict) and isinstance(event.get("usage"), dict):
+            self.usage = event["usage"]
+            # The usage-only event (no choices) was added for the collector: cut it out.
+            if self.strip_usage and not event.get("choices"):
+                return buf[:start] + buf[end:]
+        return buf
+
+    @staticmethod
+    def _event_payload(buf: bytes, at: int) -> Any:
+        start = buf.rfind(EVENT_END, 0, at)
+        start = 0 if start < 0 else start + len(EVENT_END)
+        end = buf.find(EVENT_END, at)
+        return StreamScanner._decode(buf[start:end if end >= 0 else len(buf)])
+
+    # --- slow path: each event parsed (before the first token, or when capturing content) --------
+
+    def _parse_events(self, buf: bytes, now: float) -> bytes:
+        kept: list[bytes] = []
+        changed = False
+        chunks = 0
+        before_first = self.first_token_at is None
+        for raw in buf.split(EVENT_END)[:-1]:
+            event = self._decode(raw)
+            if event is DONE:
+                self.done = True
+            elif isinstance(event, dict):
+                if self._note_event(event, now):
+                    chunks += 1
+                if self.strip_usage and isinstance(event.get("usage"), dict) and not event.get("choices"):
+                    changed = True
+                    continue
+            kept.append(raw)
+        # The first token is timed as TTFT; inter-token latency starts after it.
+        if before_first and self.first_token_at is not None:
+            chunks -= 1
+        if chunks > 0 and self.on_token_chunk is not None:
+            self.on_token_chunk(now, chunks)
+        if not changed:
+            return buf
+        return b"".join(raw + EVENT_END for raw in kept)
+
+    def _note_event(self, event: dict[str, Any], now: float) -> bool:
+        """Record what one parsed event says; True when it carries generated output."""
+        if "error" in event:
+            self._note_error(event)
+            return False
+        if self.response_model is None and isinstance(event.get("model"), str):
+            self.response_model = event["model"]
+            self.response_id = event.get("id") if isinstance(event.get("id"), str) else None
+        if isinstance(event.get("usage"), dict):
+            self.usage = event["usage"]
+        generated = False
+        choices = event.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict):
+                continue
+            if choice.get("finish_reason"):
+                self.finish_reasons.append(str(choice["finish_reason"]))
+                generated = True
+            text = self._choice_text(choice)
+            if text:
+                generated = True
+                if self.capture_content:
+                    self.completion_text.append(text)
+            elif self.chat and isinstance(choice.get("delta"), dict) and choice["delta"].get("tool_calls"):
+                generated = True
+        if generated:
+            self.content_chunks += 1
+            if self.first_token_at is None:
+                self.first_token_at = now
+        return generated
+
+    def _choice_text(self, choice: dict[str, Any]) -> str:
+        if not self.chat:
+            text = choice.get("text")
+            return text if isinstance(text, str) else ""
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            return ""
+        for key in ("content", "reasoning_content", "reasoning"):
+            value = delta.get(key)
+            if isinstance(value, str) and value:
+                return value
+        return ""
+
+    def _note_error(self, event: Any) -> None:
+        if isinstance(event, dict) and isinstance(event.get("error"), dict):
+            self.error = event["error"]
+        else:
+            self.error = {"message": "malformed error event from upstream"}
+
+    @staticmethod
+    def _decode(raw: bytes) -> Any:
+        """One SSE event's data as JSON; DONE for the terminator; None when it is not JSON data."""
+        data = b"".join(
+            line[5:].lstrip(b" ") for line in raw.strip(b"\n").split(b"\n") if line.startswith(b"data:")
+        )
+        if data == b"[DONE]":
+            return DONE
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
