@@ -81,6 +81,19 @@ def model_dir() -> Path:
     return VAR / "model"
 
 
+def otlp_traces_endpoint(environ: dict[str, str] | None = None) -> str | None:
+    """The OTLP/HTTP traces URL from the standard OTEL_* variables (None: tracing export off).
+
+    vLLM and the collector both export there; vLLM gets the full /v1/traces URL because it passes
+    the endpoint to its exporter as is.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return base.rstrip("/") + "/v1/traces" if base else None
+
+
 def vllm_command(s: dict[str, str]) -> list[str]:
     command = [
         str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
@@ -93,9 +106,7 @@ def vllm_command(s: dict[str, str]) -> list[str]:
         "--max-num-seqs", s["NATIVE_MAX_NUM_SEQS"],
         "--num-gpu-blocks-override", s["NATIVE_KV_BLOCKS"],
     ]
-    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_ENDPOINT"
-    )
+    traces = otlp_traces_endpoint()
     if traces:
         command += ["--otlp-traces-endpoint", traces]
     return command
@@ -146,6 +157,10 @@ def services(s: dict[str, str]) -> list[Service]:
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
     }
+    if otlp_traces_endpoint():
+        # vLLM's exporter defaults to gRPC; the endpoint above is OTLP/HTTP.
+        vllm_env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
+        vllm_env["OTEL_SERVICE_NAME"] = "vllm"
     return [
         Service("vllm", int(s["VLLM_PORT"]), "/health", vllm_command, str(VLLM_PYTHON), vllm_env, 420.0),
         Service("node-exporter", int(s["NODE_EXPORTER_PORT"]), "/metrics", node_exporter_command,
