@@ -112,6 +112,11 @@ def vllm_command(s: dict[str, str]) -> list[str]:
     return command
 
 
+# Collector settings passed from compose/.env(.example) to the collector's environment.
+COLLECTOR_ENV = ("COLLECTOR_CONNECT_TIMEOUT", "COLLECTOR_MAX_BODY_BYTES", "COLLECTOR_API_KEY",
+                 "COLLECTOR_CAPTURE_CONTENT")
+
+
 def collector_command(s: dict[str, str]) -> list[str]:
     return [
         str(APP_PYTHON), "-m", "collector",
@@ -169,7 +174,7 @@ def services(s: dict[str, str]) -> list[Service]:
                 "prometheus-alertmanager"),
         Service("prometheus", int(s["PROMETHEUS_PORT"]), "/-/ready", prometheus_command, "prometheus"),
         Service("collector", int(s["COLLECTOR_PORT"]), "/metrics", collector_command, str(APP_PYTHON),
-                start_timeout=420.0),
+                {key: value for key, value in s.items() if key in COLLECTOR_ENV}, start_timeout=420.0),
     ]
 
 
