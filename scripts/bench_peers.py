@@ -1,0 +1,1 @@
+"""Side-by-side load-tool comparison (work in progress)."""
