@@ -252,9 +252,11 @@ def serving_dashboard() -> dict[str, Any]:
         (stat("E2E SLO attainment", "Share of requests (last minute) whose end-to-end latency was under the "
               "e2e threshold (envelope:e2e_p95_seconds:threshold).", RATIO, attainment("e2e"),
               no_value="no requests"), 6, 5),
-        (stat("Error ratio", "Share of requests that failed at the proxy (last minute), beside the threshold.",
-              RATIO, [target(f"model:collector_request_errors:ratio_rate1m{{{COLLECTOR}}}", "errors {{model}}"),
-                      threshold_target("error_ratio", "threshold")], no_value="no requests"), 6, 5),
+        (stat("Error ratio", "Share of requests that ended in a server-side error (5xx at the proxy, last "
+              "minute), beside the threshold; 0 while requests succeed.", RATIO, [
+                  target(zero_when_idle(f"model:collector_request_errors:ratio_rate1m{{{COLLECTOR}}}",
+                                        f"sum(model:collector_requests:rate1m{{{COLLECTOR}}})"), "server errors"),
+                  threshold_target("error_ratio", "threshold")], no_value="no requests"), 6, 5),
         (stat("p95 TTFT now (collector)", "p95 time to first token at the proxy over the last rate window, "
               "beside the threshold.", SECONDS,
               [target(quantile("0.95", "collector_time_to_first_token_seconds", COLLECTOR), "p95"),
