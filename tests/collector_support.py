@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -240,3 +241,27 @@ def _any_value(value: Any) -> Any:
     if kind == "array_value":
         return [_any_value(v) for v in value.array_value.values]
     return getattr(value, kind) if kind else None
+
+
+def raw_stream_timing(base_url: str, path: str, body: dict[str, Any], timeout: float = 60) -> tuple[float, bytes]:
+    """Seconds from sending the request to receiving the first generated content, timed on a connected
+    raw socket so the client's own overhead stays out of the number; and the raw reply."""
+    host, port = base_url.removeprefix("http://").rsplit(":", 1)
+    payload = json.dumps(body).encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
+    received = b""
+    first_content: float | None = None
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        started = time.perf_counter()
+        sock.sendall(request)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += data
+            if first_content is None and re.search(rb'"(content|text)":"[^"]', received):
+                first_content = time.perf_counter() - started
+    if first_content is None:
+        raise AssertionError(f"no generated content in the reply: {received[:300]!r}")
+    return first_content, received
