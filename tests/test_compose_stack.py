@@ -550,6 +550,16 @@ def test_cpu_overlay_needs_no_gpu(cpu: dict[str, Any]) -> None:
     assert yaml.safe_load((COMPOSE_DIR / str(mount).split(":")[0]).read_text()) == []
 
 
+def test_shell_commands_parse(compose_stack: dict[str, Any]) -> None:
+    """Services whose command is a shell script: the script is valid POSIX sh (`sh -n`)."""
+    scripts = {name: service["command"][0] for name, service in services_of(compose_stack).items()
+               if service.get("entrypoint") == ["/bin/sh", "-c"]}
+    assert {"alertmanager", "k6"} <= set(scripts)
+    for name, script in scripts.items():
+        result = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+
+
 # --- Alertmanager: the config as the container renders it -----------------------------------
 
 def test_alertmanager_renders_the_webhook_port_and_passes_amtool(base: dict[str, Any], tmp_path: Path) -> None:
