@@ -1,30 +1,42 @@
-"""python -m loadgen SUBCOMMAND: smoke (the seed checklist)."""
+"""python -m loadgen SUBCOMMAND
+
+  sweep     the k6 concurrency sweep with an adaptive knee search, then the envelope report
+  capstone  the seed checklist (1, 5, 20 concurrent users, short steps) and its envelope report
+  report    re-render RUN_DIR's report from its raw data (no load is sent)
+  smoke     the seed checklist as a quick table (no k6, no report)
+
+Exit codes: 0 done, 2 bad input (nothing sent), 3 partial (finished steps and a partial report kept).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
+import os
 import sys
 import time
 from pathlib import Path
 
-import requests
+from loadgen import panels, prom, provenance, report, smoke
+from loadgen.grafana_annotate import Annotator
+from loadgen.k6_runner import K6Missing, k6_binary
+from loadgen.plan import Plan, PlanError, builtin_profiles, load_plan, parse_plan, plan_from_dict
+from loadgen.probe import TargetError, probe_target, served_model
+from loadgen.settings import service_url, stack_settings
+from loadgen.sweep import RESULTS, Sweep
+from loadgen.thresholds import ThresholdsError, load_thresholds, slo_for_run
 
-from loadgen import smoke
-
-
-def served_model(target: str) -> str:
-    """The first model the target serves; a one-line error when the target does not answer."""
-    try:
-        response = requests.get(f"{target}/v1/models", timeout=10)
-        response.raise_for_status()
-        return str(response.json()["data"][0]["id"])
-    except (requests.RequestException, KeyError, IndexError, ValueError) as error:
-        raise SystemExit(f"error: {target} does not serve an OpenAI-compatible model list ({error})") from None
+EXIT_BAD_INPUT = 2
+EXIT_PARTIAL = 3
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    model = args.model or served_model(args.target)
+    try:
+        model = args.model or served_model(args.target)
+    except TargetError as error:
+        raise SystemExit(f"error: {error}") from None
     records = asyncio.run(smoke.run_smoke(args.target, model, args.max_tokens))
     print(smoke.summary_table(records))
     path = smoke.write_results(records, Path(args.out) / time.strftime("smoke-%Y%m%d-%H%M%S"))
@@ -32,11 +44,168 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in records) else 1
 
 
+def _override(plan: Plan, args: argparse.Namespace) -> Plan:
+    """CLI settings win over the plan file (validated the same way)."""
+    data = plan.to_dict()
+    data["steps"] = list(data["steps"])
+    if args.steps:
+        try:
+            data["steps"] = [int(x) for x in args.steps.split(",")]
+        except ValueError:
+            raise PlanError(f"--steps: must be comma-separated integers, got {args.steps!r}") from None
+    for key in ("warmup_s", "steady_s", "request_timeout_s"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    if args.profile:
+        data["profile"] = args.profile
+    if args.max_tokens is not None:
+        profile = builtin_profiles()[data["profile"]] if isinstance(data["profile"], str) else data["profile"]
+        name = data["profile"] if isinstance(data["profile"], str) else profile.get("name", "custom")
+        data["profile"] = {**profile, "max_tokens": args.max_tokens, "name": f"{name}-{args.max_tokens}"}
+    if args.max_concurrency is not None:
+        data["search"] = {**data["search"], "max_concurrency": args.max_concurrency}
+    if args.no_search:
+        data["search"] = {**data["search"], "enabled": False}
+    if args.bandwidth_gb_s is not None:
+        data["hardware"] = {**data["hardware"], "memory_bandwidth_gb_s": args.bandwidth_gb_s}
+    return parse_plan(data, "command line")
+
+
+def _prometheus(url: str | None) -> tuple[prom.Prometheus | None, str | None]:
+    if not url:
+        return None, "Prometheus: no URL configured; server-side sections will be empty"
+    client = prom.Prometheus(url)
+    if not client.reachable():
+        return None, f"Prometheus at {url} not reachable: server-side sections will be empty, no remote write"
+    return client, None
+
+
+def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
+    settings = stack_settings()
+    try:
+        if args.resume:
+            run_dir = Path(args.resume)
+            if not (run_dir / RESULTS).exists():
+                raise PlanError(f"--resume {run_dir}: no {RESULTS} there")
+            previous = json.loads((run_dir / RESULTS).read_text())
+            plan = plan_from_dict(previous["plan"])
+            target = previous["target"]
+        else:
+            plan = _override(load_plan(args.plan or default_plan), args)
+            target = args.target
+        thresholds = load_thresholds()
+        k6_binary()
+        probe = probe_target(target, args.model or (previous["model"] if args.resume else None), args.api_key)
+    except (PlanError, ThresholdsError, TargetError, K6Missing) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    prometheus, prom_note = _prometheus(args.prometheus or service_url(settings, "PROMETHEUS_PORT"))
+    annotator = Annotator.connect(args.grafana or service_url(settings, "GRAFANA_PORT"))
+    notes = [n for n in (prom_note, annotator.note) if n]
+    if not probe.ttfb_is_ttft:
+        notes.append(f"{target} sends response headers {probe.headers_s * 1000:.0f} ms after the request but the first "
+                     f"token at {probe.first_token_s * 1000:.0f} ms: k6's time to first byte is not time to first "
+                     "token "
+                     "here (point --target at the collector); the SLO uses vLLM's own TTFT instead.")
+    for note in notes:
+        print(note, file=sys.stderr)
+    remote_write = None if (prometheus is None or args.no_remote_write) else f"{prometheus.url}/api/v1/write"
+    record = provenance.collect(target, service_url(settings, "VLLM_PORT"), prometheus, settings)
+    slo = slo_for_run(thresholds, plan.slo)
+    if args.resume:
+        run_dir = Path(args.resume)
+    else:
+        run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{plan.name}"
+        run_dir = Path(args.out) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    sweep = Sweep(run_dir=run_dir, plan=plan, target=target, model=probe.model, slo=slo, prometheus=prometheus,
+                  remote_write_url=remote_write, annotator=annotator, ttfb_is_ttft=probe.ttfb_is_ttft,
+                  provenance=record, api_key=args.api_key)
+    probe_record = dataclasses.asdict(probe)
+    if args.resume:
+        sweep.results = previous
+        sweep.results.update(status="running", missing=[], slo=slo, ttfb_is_ttft=probe.ttfb_is_ttft)
+        sweep.results["steps"] = sweep.done_steps()
+        sweep.results.setdefault("notes", []).append(
+            f"resumed {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with {len(sweep.results['steps'])} "
+            "finished steps kept")
+    else:
+        sweep.init_results(run_dir.name, probe_record, sys.argv)
+    sweep.results["notes"] += notes
+    sweep.save()
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    status = sweep.run()
+    finish(sweep, run_dir, args, settings)
+    return 0 if status == "complete" else EXIT_PARTIAL
+
+
+def finish(sweep: Sweep, run_dir: Path, args: argparse.Namespace, settings: dict[str, str]) -> None:
+    """Timeline and panel images while Prometheus still has the data, then the report."""
+    results = sweep.results
+    steps = [s for s in results["steps"] if s.get("steady_start")]
+    if sweep.prometheus is not None and steps:
+        try:
+            results["timeline"] = prom.timeline(sweep.prometheus, sweep.model, min(s["started"] for s in steps),
+                                                max(s["ended"] for s in steps))
+        except prom.PrometheusDown as error:
+            results["missing"].append(f"server timeline: {error}")
+        results["panels_note"] = panels.export(results, run_dir, args.grafana or service_url(settings, "GRAFANA_PORT"),
+                                               sweep.prometheus.url)
+    else:
+        results["panels_note"] = "Panel images: none (Prometheus not reachable)"
+    sweep.save()
+    md, html = report.render(run_dir)
+    print(f"report: {md}\nreport: {html}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    if not (run_dir / RESULTS).exists():
+        print(f"error: {run_dir}: no {RESULTS} (not a sweep run folder)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    md, html = report.render(run_dir)
+    print(f"report: {md}\nreport: {html}")
+    return 0
+
+
+def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None:
+    p.add_argument("--target", default=service_url(settings, "COLLECTOR_PORT"),
+                   help="API base URL users call: the collector (default) or vLLM directly")
+    p.add_argument("--plan", help="plan file or bundled plan name (default, capstone, bend-native)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep in RUN_DIR")
+    p.add_argument("--model", help="model name (default: the first the target serves)")
+    p.add_argument("--out", default="var/reports", help="parent folder of the run folder")
+    p.add_argument("--prometheus", help="Prometheus base URL (default from compose/.env settings)")
+    p.add_argument("--grafana", help="Grafana base URL for annotations and panel images")
+    p.add_argument("--no-remote-write", action="store_true", help="do not push k6 metrics to Prometheus")
+    p.add_argument("--api-key", default=os.environ.get("LOADGEN_API_KEY"), help="bearer key (env LOADGEN_API_KEY)")
+    p.add_argument("--steps", help="seed concurrencies, e.g. 1,5,20 (overrides the plan)")
+    p.add_argument("--profile", help="short-chat, long-prompt or long-answer (overrides the plan)")
+    p.add_argument("--max-tokens", type=int, help="output length (overrides the profile)")
+    p.add_argument("--warmup-s", dest="warmup_s", type=float)
+    p.add_argument("--steady-s", dest="steady_s", type=float)
+    p.add_argument("--request-timeout-s", dest="request_timeout_s", type=float)
+    p.add_argument("--max-concurrency", type=int)
+    p.add_argument("--no-search", action="store_true", help="run only the seed steps")
+    p.add_argument("--bandwidth-gb-s", type=float, help="GPU memory bandwidth for the decode limit (GB10: 273)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadgen")
+    settings = stack_settings()
+    parser = argparse.ArgumentParser(prog="python -m loadgen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sweep", help="k6 concurrency sweep + knee search + envelope report")
+    add_sweep_args(p, settings)
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("capstone", help="the seed checklist: 1, 5, 20 users, short steps, envelope report")
+    add_sweep_args(p, settings)
+    p.set_defaults(func=lambda a: cmd_sweep(a, default_plan="capstone"))
+    p = sub.add_parser("report", help="re-render a run folder's report from its raw data")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("smoke", help="1, then 5, then 20 concurrent streaming chat requests")
-    p.add_argument("--target", default="http://127.0.0.1:8001", help="collector (or vLLM) base URL")
+    p.add_argument("--target", default=service_url(settings, "COLLECTOR_PORT"), help="collector (or vLLM) base URL")
     p.add_argument("--model", help="model name (default: the first the target serves)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", default="var/reports", help="folder for results")

@@ -1,0 +1,285 @@
+"""Turns measured steps into operational judgment: the envelope table, the knee, what broke first
+(with server-side evidence), TTFT three ways, the bandwidth limit and the plain-English envelope."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadgen import knee
+from loadgen.plan import Plan, plan_from_dict
+from loadgen.thresholds import load_thresholds
+
+CLIENT_CPU_BOUND_CORES = 0.8  # k6 using most of one core: it measures itself, not the server
+THROUGHPUT_AGREEMENT = 0.10  # client vs vLLM counter tok/s further apart than this is flagged
+
+
+@dataclass
+class Row:
+    concurrency: int
+    output_tok_s: float | None
+    vllm_tok_s: float | None
+    user_tok_s: float | None
+    ttft_p50_s: float | None
+    ttft_p95_s: float | None
+    ttft_source: str
+    e2e_p95_s: float | None
+    requests: int
+    errors: int
+    slo_ok: bool
+    broken: list[str]
+    signals: list[str]
+
+
+@dataclass
+class Analysis:
+    rows: list[Row]
+    knee: knee.Knee
+    what_broke_first: str
+    evidence: list[str]
+    envelope: str
+    ttft_three_ways: list[dict[str, Any]]
+    ttft_gap_note: str
+    bandwidth: dict[str, Any]
+    flags: list[str] = field(default_factory=list)
+    first_signal: str | None = None
+
+
+def _get(d: dict[str, Any] | None, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def step_signals(step: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
+    """Stress signals visible in a step's server-side metrics (and the client's errors)."""
+    signals: list[str] = []
+    vllm = _get(step, "server", "vllm") or {}
+    host = _get(step, "server", "host") or {}
+    client = step.get("client") or {}
+    if step.get("hard_stop") and "memory" in str(step["hard_stop"]):
+        signals.append("host memory under the floor")
+    elif host.get("mem_available_min_bytes") and host.get("mem_total_bytes"):
+        ratio = host["mem_available_min_bytes"] / host["mem_total_bytes"]
+        if ratio < thresholds.get("host_memory_available_ratio", 0.1):
+            signals.append(f"host memory available {ratio:.0%}")
+    if client.get("errors"):
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(client.get("error_kinds", {}).items()))
+        signals.append(f"errors ({kinds})")
+    kv = vllm.get("kv_cache_usage_max")
+    preemptions = vllm.get("preemptions") or 0
+    if kv is not None and (kv >= thresholds.get("kv_cache_usage_ratio", 0.9) or preemptions >= 0.5):
+        signals.append(f"KV cache {kv:.0%}" + (f", {preemptions:.0f} preemptions" if preemptions >= 0.5 else ""))
+    waiting = vllm.get("waiting_max")
+    if waiting is not None and waiting >= 1:
+        signals.append(f"queue: up to {waiting:.0f} waiting")
+    if (step.get("k6") or {}).get("cpu_cores", 0) > CLIENT_CPU_BOUND_CORES:
+        signals.append("load client CPU-bound")
+    return signals
+
+
+def _ttft(step: dict[str, Any], ttfb_is_ttft: bool, q: str) -> tuple[float | None, str]:
+    if ttfb_is_ttft:
+        return _get(step, "client", f"ttft_{q}_s"), "client"
+    return _get(step, "server", "vllm", f"ttft_{q}_s"), "vLLM"
+
+
+def _rise(before: float | None, after: float | None) -> float | None:
+    if before is None or after is None or before <= 0:
+        return None
+    return after / before
+
+
+def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: bool,
+                thresholds: dict[str, float]) -> tuple[str, list[str]]:
+    """The cause of the first SLO-breaking step, and the evidence (last good step vs first bad)."""
+    vb = _get(bad, "server", "vllm") or {}
+    vg = _get(good, "server", "vllm") or {} if good else {}
+    cg = good["concurrency"] if good else None
+    cb = bad["concurrency"]
+    evidence = [f"SLO broken at {cb} users: " + "; ".join(bad["slo"]["broken"])]
+    ttft_good, _ = _ttft(good, ttfb_is_ttft, "p95") if good else (None, "")
+    ttft_bad, source = _ttft(bad, ttfb_is_ttft, "p95")
+    itl_good, itl_bad = vg.get("itl_p95_s"), vb.get("itl_p95_s")
+    kv, preemptions = vb.get("kv_cache_usage_max"), vb.get("preemptions") or 0
+    waiting_max, running_max = vb.get("waiting_max"), vb.get("running_max")
+
+    def line(label: str, before: Any, after: Any, fmt: str) -> str:
+        prefix = f"{format(before, fmt)} at {cg} users -> " if (good and before is not None) else ""
+        return f"{label}: {prefix}{'n/a' if after is None else format(after, fmt)} at {cb} users"
+
+    if bad.get("hard_stop") and "memory" in str(bad["hard_stop"]):
+        evidence.append(str(bad["hard_stop"]))
+        return "host memory: MemAvailable fell under the watchdog floor (unified memory would freeze the box)", evidence
+    client = bad.get("client") or {}
+    if client.get("error_ratio", 0) > 0 and any("error" in b for b in bad["slo"]["broken"]):
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(client.get("error_kinds", {}).items()))
+        evidence.append(f"errors in the steady window: {kinds} of {client.get('requests')} requests")
+        return f"errors: {client['error_ratio']:.1%} of requests failed ({kinds})", evidence
+    if kv is not None and kv >= thresholds.get("kv_cache_usage_ratio", 0.9) and preemptions >= 0.5:
+        evidence.append(line("KV cache usage peak", vg.get("kv_cache_usage_max"), kv, ".0%"))
+        evidence.append(line("preemptions in the window", vg.get("preemptions"), preemptions, ".0f"))
+        if waiting_max:
+            evidence.append(line("requests waiting (peak)", vg.get("waiting_max"), waiting_max, ".0f"))
+        evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
+        return (f"KV cache capacity: the cache filled ({kv:.0%}) and vLLM preempted {preemptions:.0f} requests "
+                f"(recomputing them), so requests waited and latency climbed"), evidence
+    ttft_rise = _rise(ttft_good, ttft_bad)
+    if waiting_max is not None and waiting_max >= 1 and (ttft_rise is None or ttft_rise > 1.2):
+        evidence.append(line("requests waiting (peak)", vg.get("waiting_max"), waiting_max, ".0f"))
+        evidence.append(line("requests running (peak)", vg.get("running_max"), running_max, ".0f"))
+        evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
+        if vb.get("queue_p95_s") is not None:
+            evidence.append(line("p95 queue time (vLLM)", vg.get("queue_p95_s"), vb["queue_p95_s"], ".3f"))
+        return (f"queueing: every sequence slot was busy ({running_max:.0f} running), up to {waiting_max:.0f} "
+                f"requests waited and TTFT climbed"), evidence
+    itl_rise = _rise(itl_good, itl_bad)
+    if itl_rise is not None and itl_rise > 1.3 and (ttft_rise is None or ttft_rise < itl_rise):
+        evidence.append(line("p95 inter-token latency (vLLM)", itl_good, itl_bad, ".4f"))
+        evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
+        return ("decode-bound: time between tokens grew with the batch while TTFT held, so long answers "
+                "took too long"), evidence
+    evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
+    evidence.append(line("p95 total latency (client)", _get(good, "client", "e2e_p95_s") if good else None,
+                         client.get("e2e_p95_s"), ".2f"))
+    if itl_bad is not None:
+        evidence.append(line("p95 inter-token latency (vLLM)", itl_good, itl_bad, ".4f"))
+    return "latency grew with load; no queueing, KV pressure or errors visible on the server", evidence
+
+
+def ttft_three_ways(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for step in steps:
+        rows.append({
+            "concurrency": step["concurrency"],
+            "client_p50_s": _get(step, "client", "ttft_p50_s"), "client_p95_s": _get(step, "client", "ttft_p95_s"),
+            "collector_p50_s": _get(step, "server", "collector", "ttft_p50_s"),
+            "collector_p95_s": _get(step, "server", "collector", "ttft_p95_s"),
+            "vllm_p50_s": _get(step, "server", "vllm", "ttft_p50_s"),
+            "vllm_p95_s": _get(step, "server", "vllm", "ttft_p95_s"),
+        })
+    return rows
+
+
+def gap_note(rows: list[dict[str, Any]], ttfb_is_ttft: bool) -> str:
+    def median_gap(a: str, b: str) -> float | None:
+        gaps = sorted(r[a] - r[b] for r in rows if r[a] is not None and r[b] is not None)
+        return gaps[len(gaps) // 2] if gaps else None
+
+    parts = []
+    if not ttfb_is_ttft:
+        parts.append("The target sends its response headers before the first token (it is not the collector), so "
+                     "k6's time to first byte is NOT time to first token here: the client column shows time to first "
+                     "byte only, and the SLO used vLLM's own TTFT.")
+    client_collector = median_gap("client_p50_s", "collector_p50_s")
+    collector_vllm = median_gap("collector_p50_s", "vllm_p50_s")
+    client_vllm = median_gap("client_p50_s", "vllm_p50_s")
+    if client_collector is not None:
+        parts.append(f"Client minus collector (median of p50s): {client_collector * 1000:+.1f} ms: the loopback hop "
+                     "and k6's own scheduling.")
+    if collector_vllm is not None:
+        parts.append(f"Collector minus vLLM: {collector_vllm * 1000:+.1f} ms: vLLM starts its clock when the request "
+                     "reaches its engine, after HTTP parsing, the chat template and tokenization, and stops it before "
+                     "detokenizing and framing the SSE chunk; the proxy hop adds the rest.")
+    elif client_vllm is not None:
+        parts.append(f"Client minus vLLM (median of p50s): {client_vllm * 1000:+.1f} ms (collector metrics absent).")
+    if not rows or all(r["collector_p50_s"] is None for r in rows):
+        parts.append("Collector TTFT: absent (no collector_* series in Prometheus for this window).")
+    parts.append("Server-side percentiles come from histogram buckets (interpolated within a bucket), the client's "
+                 "from every request, so small differences are expected.")
+    return " ".join(parts)
+
+
+def bandwidth_limit(results: dict[str, Any], plan: Plan, rows: list[Row]) -> dict[str, Any]:
+    model = _get(results, "provenance", "model") or {}
+    params = plan.hardware.params_billion * 1e9 if plan.hardware.params_billion else model.get("parameters")
+    bytes_per_param = plan.hardware.bytes_per_param or model.get("bytes_per_param")
+    bandwidth = plan.hardware.memory_bandwidth_gb_s
+    single = next((r for r in rows if r.concurrency == 1), None)
+    out: dict[str, Any] = {"parameters": params, "bytes_per_param": bytes_per_param, "bandwidth_gb_s": bandwidth,
+                           "single_stream_tok_s": single.user_tok_s if single else None, "limit_tok_s": None}
+    if params and bytes_per_param and bandwidth:
+        out["weight_bytes"] = params * bytes_per_param
+        out["limit_tok_s"] = bandwidth * 1e9 / out["weight_bytes"]
+        if out["single_stream_tok_s"]:
+            out["fraction"] = out["single_stream_tok_s"] / out["limit_tok_s"]
+    return out
+
+
+def analyse(results: dict[str, Any]) -> Analysis:
+    plan = plan_from_dict(results["plan"])
+    thresholds = load_thresholds()
+    ttfb_is_ttft = bool(results.get("ttfb_is_ttft"))
+    steps = sorted((s for s in results["steps"] if s["status"] == "done"), key=lambda s: s["concurrency"])
+    rows: list[Row] = []
+    for step in steps:
+        client = step.get("client") or {}
+        ttft50, source = _ttft(step, ttfb_is_ttft, "p50")
+        ttft95, _ = _ttft(step, ttfb_is_ttft, "p95")
+        rows.append(Row(
+            concurrency=step["concurrency"], output_tok_s=client.get("output_tok_s"),
+            vllm_tok_s=_get(step, "throughput_check", "vllm_tok_s"), user_tok_s=client.get("user_tok_s_p50"),
+            ttft_p50_s=ttft50, ttft_p95_s=ttft95, ttft_source=source, e2e_p95_s=client.get("e2e_p95_s"),
+            requests=client.get("requests", 0), errors=client.get("errors", 0), slo_ok=step["slo"]["ok"],
+            broken=step["slo"]["broken"], signals=step_signals(step, thresholds)))
+    outcomes = [knee.Outcome(s["concurrency"], s["slo"]["ok"], s.get("hard_stop")) for s in steps]
+    found = knee.find_knee(plan, outcomes)
+    by_c = {s["concurrency"]: s for s in steps}
+    flags = _flags(steps, results)
+    first_signal = next((f"{r.concurrency} users: {', '.join(r.signals)}" for r in rows if r.signals), None)
+    if found.first_bad is None:
+        cause, evidence = "nothing: the SLO held at every concurrency tested", list[str]()
+    else:
+        good = by_c.get(found.concurrency) if found.concurrency else None
+        cause, evidence = broke_first(good, by_c[found.first_bad], ttfb_is_ttft, thresholds)
+    three = ttft_three_ways(steps)
+    return Analysis(rows=rows, knee=found, what_broke_first=cause, evidence=evidence,
+                    envelope=envelope_sentence(plan, rows, found, cause, results),
+                    ttft_three_ways=three, ttft_gap_note=gap_note(three, ttfb_is_ttft),
+                    bandwidth=bandwidth_limit(results, plan, rows), flags=flags, first_signal=first_signal)
+
+
+def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+    flags = []
+    cores = _get(results, "provenance", "host", "cpus") or 1
+    for step in steps:
+        k6 = step.get("k6") or {}
+        if k6.get("cpu_cores", 0) > CLIENT_CPU_BOUND_CORES:
+            flags.append(f"{step['concurrency']} users: k6 used {k6['cpu_cores']:.2f} CPU cores: the client may be "
+                         "the bottleneck; this step measures the client as much as the server.")
+        elif k6.get("cpu_cores", 0) > 0.1 * cores:
+            flags.append(f"{step['concurrency']} users: k6 used {k6['cpu_cores']:.2f} of {cores} CPU cores; "
+                         "on a box where client and server share cores this lowers the server's throughput.")
+        ratio = _get(step, "throughput_check", "client_over_vllm")
+        if ratio is not None and abs(ratio - 1) > THROUGHPUT_AGREEMENT:
+            flags.append(f"{step['concurrency']} users: client tok/s is {ratio:.0%} of vLLM's own counter over the "
+                         "same span (other traffic on the server, or lost records).")
+    return flags
+
+
+def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str, results: dict[str, Any]) -> str:
+    by_c = {r.concurrency: r for r in rows}
+    outputs = plan.profile.max_tokens
+    prompt = next((s["client"].get("prompt_tokens_per_request") for s in results["steps"]
+                   if s["status"] == "done" and s.get("client")), None)
+    prompt_text = f" and prompts of ~{prompt:.0f} tokens" if prompt else ""
+    if not rows:
+        return "No step finished, so there is no envelope yet."
+    if found.concurrency is None:
+        return (f"Even {found.first_bad} concurrent user(s) with outputs up to {outputs} tokens broke the SLO: "
+                f"{cause}.")
+    row = by_c[found.concurrency]
+    e2e = f"{row.e2e_p95_s:.1f} s" if row.e2e_p95_s is not None else "n/a"
+    ttft = f"{row.ttft_p95_s:.2f} s" if row.ttft_p95_s is not None else "n/a"
+    user = f"{row.user_tok_s:.0f} tok/s" if row.user_tok_s is not None else "n/a"
+    agg = f"{row.output_tok_s:.0f} tok/s" if row.output_tok_s is not None else "n/a"
+    head = (f"At up to {found.concurrency} concurrent users with outputs up to {outputs} tokens{prompt_text}, "
+            f"p95 latency stays under {e2e} (p95 time to first token {ttft}) and each user gets {user} "
+            f"({agg} in total)")
+    if found.first_bad is None:
+        return head + f"; the SLO held at every step tested, so the envelope is at least {found.concurrency} users."
+    where = (f"at {found.first_bad} users" if found.refined else
+             f"the SLO broke at {found.first_bad} users; the knee lies between, not refined further")
+    return head + f". Above {found.concurrency} ({where}): {cause}."

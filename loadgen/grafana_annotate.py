@@ -1,0 +1,41 @@
+"""Grafana annotations marking each sweep step, when Grafana is reachable (a one-line note when not).
+
+Connection and credentials are the snapshot exporter's (loadgen.grafana_snapshot), so one setting
+serves both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Annotator:
+    url: str | None
+    note: str
+    api: Any = None
+
+    @classmethod
+    def connect(cls, url: str | None) -> Annotator:
+        if not url:
+            return cls(None, "Grafana annotations: no Grafana URL configured; steps not annotated")
+        try:
+            from loadgen.grafana_snapshot import grafana_api, grafana_reachable
+        except ImportError as error:
+            return cls(url, f"Grafana annotations: the Grafana helper is not available ({error}); steps not annotated")
+        api = grafana_api(url)
+        why = grafana_reachable(api)
+        if why is not None:
+            return cls(url, f"Grafana annotations: Grafana at {url} not reachable ({why}); steps not annotated")
+        return cls(url, f"Grafana annotations: each step annotated on {url}", api)
+
+    def step(self, run_id: str, concurrency: int, start: float, end: float, text: str) -> None:
+        if self.api is None:
+            return
+        try:
+            self.api.annotations.add_annotation(time_from=int(start * 1000), time_to=int(end * 1000),
+                                                tags=["loadgen", run_id, f"c{concurrency}"], text=text)
+        except Exception as error:  # grafana-client raises its own and niquests' errors alike
+            self.api = None
+            self.note = f"Grafana annotations: stopped after an error ({type(error).__name__})"

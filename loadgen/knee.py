@@ -1,0 +1,79 @@
+"""Adaptive knee search: which concurrency to try next, given the steps measured so far.
+
+Coarse phase: the plan's seed steps in order, then concurrency x growth, until the SLO breaks
+(for `slo_broken_steps` steps in a row, or at once on a hard stop: error ratio over the stop
+limit, host memory under its floor). Refine phase: bisect between the last good step and the
+first bad one until they are within the resolution. The knee is the highest concurrency that
+met the SLO below the first bad step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from loadgen.plan import Plan
+
+
+@dataclass(frozen=True)
+class Outcome:
+    concurrency: int
+    slo_ok: bool
+    hard_stop: str | None = None  # a reason that forbids climbing higher
+
+
+@dataclass(frozen=True)
+class Knee:
+    concurrency: int | None  # None: even the lowest step broke the SLO
+    first_bad: int | None  # None: the SLO never broke (the knee is at least `concurrency`)
+    refined: bool  # first_bad - knee is within the plan's resolution
+
+
+def _bounds(outcomes: list[Outcome]) -> tuple[int, int | None]:
+    bad = [o.concurrency for o in outcomes if not o.slo_ok]
+    first_bad = min(bad) if bad else None
+    good = [o.concurrency for o in outcomes if o.slo_ok and (first_bad is None or o.concurrency < first_bad)]
+    return (max(good) if good else 0), first_bad
+
+
+def _climbing_stopped(plan: Plan, outcomes: list[Outcome]) -> bool:
+    if any(o.hard_stop for o in outcomes):
+        return True
+    trailing_bad = 0
+    for outcome in outcomes:  # in the order they ran, which is rising while climbing
+        trailing_bad = 0 if outcome.slo_ok else trailing_bad + 1
+    return trailing_bad >= plan.stop.slo_broken_steps
+
+
+def _resolved(plan: Plan, last_good: int, first_bad: int) -> bool:
+    return first_bad - last_good <= max(1, math.floor(plan.search.resolution * last_good))
+
+
+def next_concurrency(plan: Plan, outcomes: list[Outcome]) -> int | None:
+    """The next step's concurrency, or None when the sweep is done."""
+    budget = plan.search.max_steps if plan.search.enabled else len(plan.steps)
+    if len(outcomes) >= budget:
+        return None
+    tested = {o.concurrency for o in outcomes}
+    if not _climbing_stopped(plan, outcomes):
+        for step in plan.steps:
+            if step not in tested:
+                return step
+        if plan.search.enabled:
+            highest = max(tested)
+            candidate = min(plan.search.max_concurrency, math.ceil(highest * plan.search.growth))
+            if candidate > highest:
+                return candidate
+    last_good, first_bad = _bounds(outcomes)
+    if not plan.search.enabled or first_bad is None or _resolved(plan, last_good, first_bad):
+        return None
+    middle = (last_good + first_bad) // 2
+    if middle <= last_good or middle in tested:
+        return None
+    return middle
+
+
+def find_knee(plan: Plan, outcomes: list[Outcome]) -> Knee:
+    last_good, first_bad = _bounds(outcomes)
+    refined = first_bad is not None and _resolved(plan, last_good, first_bad)
+    return Knee(concurrency=last_good or None, first_bad=first_bad, refined=refined)

@@ -1,0 +1,156 @@
+"""Report figures (matplotlib, Agg): throughput and latency against concurrency with the knee marked,
+TTFT three ways, and the server's timeline over the sweep."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from loadgen.analysis import Analysis
+
+COLORS = {"client": "#1f77b4", "collector": "#ff7f0e", "vllm": "#2ca02c", "slo": "#d62728", "knee": "#9467bd"}
+
+
+def _values(values: list[float | None], scale: float = 1.0) -> list[float]:
+    """matplotlib draws NaN as a gap; None (not measured) becomes one."""
+    return [math.nan if v is None else v * scale for v in values]
+
+
+def _mark_knee(ax: Any, analysis: Analysis) -> None:
+    if analysis.knee.concurrency:
+        ax.axvline(analysis.knee.concurrency, color=COLORS["knee"], linestyle="--", linewidth=1.5,
+                   label=f"knee: {analysis.knee.concurrency} users")
+    if analysis.knee.first_bad:
+        ax.axvspan(analysis.knee.first_bad, max(r.concurrency for r in analysis.rows) * 1.15, color=COLORS["slo"],
+                   alpha=0.07, label="SLO broken")
+
+
+def _concurrency_axis(ax: Any, analysis: Analysis) -> None:
+    xs = [r.concurrency for r in analysis.rows]
+    if xs and max(xs) / max(min(xs), 1) >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(x) for x in xs])
+    ax.set_xlabel("concurrent users (closed loop)")
+    ax.grid(True, alpha=0.3)
+
+
+def throughput(analysis: Analysis, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    rows = analysis.rows
+    xs = [r.concurrency for r in rows]
+    ax.plot(xs, _values([r.output_tok_s for r in rows]), "o-", color=COLORS["client"],
+            label="aggregate output tok/s (k6)")
+    if any(r.vllm_tok_s is not None for r in rows):
+        ax.plot(xs, _values([r.vllm_tok_s for r in rows]), "s:", color=COLORS["vllm"], label="vLLM counter tok/s")
+    ax.set_ylabel("output tokens / s (all users)")
+    right = ax.twinx()
+    right.plot(xs, _values([r.user_tok_s for r in rows]), "^--", color="#8c564b", label="per-user tok/s (p50)")
+    right.set_ylabel("tokens / s per user")
+    right.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0)
+    _mark_knee(ax, analysis)
+    _concurrency_axis(ax, analysis)
+    handles = ax.get_legend_handles_labels()
+    extra = right.get_legend_handles_labels()
+    ax.legend(handles[0] + extra[0], handles[1] + extra[1], loc="upper left", fontsize=8)
+    ax.set_title("Throughput vs concurrency")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def latency(analysis: Analysis, slo: dict[str, dict[str, Any]], path: Path) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    rows = analysis.rows
+    xs = [r.concurrency for r in rows]
+    source = rows[0].ttft_source if rows else "client"
+    left.plot(xs, _values([r.ttft_p50_s for r in rows]), "o-", color=COLORS["client"], label=f"p50 TTFT ({source})")
+    left.plot(xs, _values([r.ttft_p95_s for r in rows]), "o--", color="#17becf", label=f"p95 TTFT ({source})")
+    if "ttft_p95_s" in slo:
+        left.axhline(slo["ttft_p95_s"]["value"], color=COLORS["slo"], linestyle=":",
+                     label=f"SLO p95 TTFT {slo['ttft_p95_s']['value']:g} s")
+    left.set_ylabel("seconds")
+    left.set_title("Time to first token")
+    right.plot(xs, _values([r.e2e_p95_s for r in rows]), "o-", color="#e377c2", label="p95 total latency (k6)")
+    if "e2e_p95_s" in slo:
+        right.axhline(slo["e2e_p95_s"]["value"], color=COLORS["slo"], linestyle=":",
+                      label=f"SLO p95 total {slo['e2e_p95_s']['value']:g} s")
+    right.set_title("Total request latency")
+    for ax in (left, right):
+        _mark_knee(ax, analysis)
+        _concurrency_axis(ax, analysis)
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def ttft_three_ways(analysis: Analysis, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    rows = analysis.ttft_three_ways
+    labels = [str(r["concurrency"]) for r in rows]
+    width = 0.26
+    for ax, q in zip(axes, ("p50", "p95"), strict=True):
+        for i, (who, name) in enumerate((("client", "k6 client"), ("collector", "collector"), ("vllm", "vLLM"))):
+            values = [(r[f"{who}_{q}_s"] or 0) * 1000 for r in rows]
+            ax.bar([x + (i - 1) * width for x in range(len(rows))], values, width, label=name, color=COLORS[who])
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels)
+        ax.set_xlabel("concurrent users")
+        ax.set_ylabel("milliseconds")
+        ax.set_title(f"{q} time to first token, three ways")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def timeline(results: dict[str, Any], path: Path) -> Path | None:
+    """vLLM's running/waiting requests, KV-cache usage and output tok/s over the sweep, steps shaded."""
+    series = results.get("timeline") or {}
+    if not any(series.get(k) for k in ("running", "waiting", "kv_cache", "generation_tok_s")):
+        return None
+    start = results.get("created", 0)
+    fig, axes = plt.subplots(3, 1, figsize=(10, 6.5), dpi=110, sharex=True)
+
+    def plot(ax: Any, key: str, label: str, scale: float = 1.0, color: str | None = None) -> None:
+        points = series.get(key) or []
+        if points:
+            ax.plot([(t - start) / 60 for t, _ in points], [v * scale for _, v in points], label=label, color=color)
+
+    plot(axes[0], "running", "running", color=COLORS["vllm"])
+    plot(axes[0], "waiting", "waiting", color=COLORS["slo"])
+    axes[0].set_ylabel("requests")
+    plot(axes[1], "kv_cache", "KV cache usage %", 100, color=COLORS["knee"])
+    axes[1].set_ylabel("KV cache %")
+    axes[1].set_ylim(0, 105)
+    plot(axes[2], "generation_tok_s", "vLLM output tok/s", color=COLORS["client"])
+    axes[2].set_ylabel("tok/s")
+    axes[2].set_xlabel("minutes since the sweep started")
+    for step in results.get("steps", []):
+        if step.get("steady_start"):
+            for ax in axes:
+                ax.axvspan((step["steady_start"] - start) / 60, (step["steady_end"] - start) / 60, color="#999999",
+                           alpha=0.12)
+            axes[0].annotate(str(step["concurrency"]), ((step["steady_start"] - start) / 60, 1.0),
+                             xycoords=("data", "axes fraction"), fontsize=8, va="top")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0].set_title("Server over the sweep (grey: steady windows, labelled with concurrency)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,66 @@
+"""Before any step: is the target an OpenAI-compatible server, which model does it serve, and does
+its time to first byte equal its time to first token (true through the collector, which holds the
+response head until the first token; false straight against vLLM, which sends headers at once)?"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+import requests
+
+
+class TargetError(RuntimeError):
+    """One line: why the target cannot be load-tested."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    model: str
+    headers_s: float  # median time to the response head
+    first_token_s: float  # median time to the first chunk with generated text
+    ttfb_is_ttft: bool
+
+
+def served_model(target: str) -> str:
+    try:
+        response = requests.get(f"{target}/v1/models", timeout=10)
+        response.raise_for_status()
+        return str(response.json()["data"][0]["id"])
+    except (requests.RequestException, KeyError, IndexError, ValueError) as error:
+        raise TargetError(f"{target} does not serve an OpenAI-compatible model list ({type(error).__name__}: "
+                          f"{str(error)[:120]})") from None
+
+
+def _one(target: str, model: str, api_key: str | None) -> tuple[float, float]:
+    body = {"model": model, "messages": [{"role": "user", "content": "probe: say something long"}],
+            "max_tokens": 8, "stream": True, "ignore_eos": True}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    start = time.perf_counter()
+    with requests.post(f"{target}/v1/chat/completions", json=body, headers=headers, stream=True,
+                       timeout=60) as response:
+        head = time.perf_counter() - start
+        if response.status_code != 200:
+            raise TargetError(f"{target}/v1/chat/completions answered HTTP {response.status_code}: "
+                              f"{response.text[:160]}")
+        for line in response.iter_lines():
+            if line.startswith(b"data:") and line != b"data: [DONE]":
+                chunk = json.loads(line[5:])
+                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                    first = time.perf_counter() - start
+                    return head, first
+    raise TargetError(f"{target}: a streaming chat completion produced no text")
+
+
+def probe_target(target: str, model: str | None = None, api_key: str | None = None, rounds: int = 3) -> Probe:
+    model = model or served_model(target)
+    try:
+        samples = [_one(target, model, api_key) for _ in range(rounds)]
+    except requests.RequestException as error:
+        raise TargetError(f"{target}: streaming chat completion failed ({type(error).__name__})") from None
+    head = statistics.median(s[0] for s in samples)
+    first = statistics.median(s[1] for s in samples)
+    # Headers well before the first token: time to first byte says nothing about the first token.
+    return Probe(model, head, first, ttfb_is_ttft=(first - head) <= max(0.002, 0.25 * first))

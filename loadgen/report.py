@@ -1,0 +1,198 @@
+"""The envelope report of one run folder: report.md, a self-contained report.html (inline CSS,
+figures as data URIs), requests.csv and figures/, all from results.json and raw/ (re-renderable
+without rerunning anything)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from loadgen import plots
+from loadgen.analysis import Analysis, Row, analyse
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+CSV_FIELDS = ("step", "vu", "start_ms", "in_steady_window", "ttft_ms", "total_ms", "status", "output_tokens",
+              "prompt_tokens", "error")
+
+
+def _s(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 1000:,.1f}"
+
+
+def _n(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def write_requests_csv(run_dir: Path, results: dict[str, Any]) -> Path:
+    """Every request k6 recorded, one row each, flagged when it started in its step's steady window."""
+    windows = {s["concurrency"]: (s.get("steady_start"), s.get("steady_end")) for s in results["steps"]}
+    path = run_dir / "requests.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for raw in sorted((run_dir / "raw").glob("step-*-requests.jsonl")):
+            for line in raw.read_text().splitlines():
+                if not line.startswith("{"):
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                start, end = windows.get(record.get("step"), (None, None))
+                record["in_steady_window"] = bool(start and end and start <= record["start_ms"] / 1000 < end)
+                writer.writerow(record)
+    return path
+
+
+def envelope_table(rows: list[Row]) -> dict[str, Any]:
+    source = rows[0].ttft_source if rows else "client"
+    return {
+        "headers": ["concurrency", "output tok/s (k6)", "output tok/s (vLLM)", "per-user tok/s (p50)",
+                    f"p50 TTFT s ({source})", f"p95 TTFT s ({source})", "p95 total s", "requests", "errors", "SLO",
+                    "what broke / signals"],
+        "rows": [[str(r.concurrency), _n(r.output_tok_s), _n(r.vllm_tok_s), _n(r.user_tok_s, 1), _s(r.ttft_p50_s),
+                  _s(r.ttft_p95_s), _s(r.e2e_p95_s, 2), str(r.requests), str(r.errors),
+                  "ok" if r.slo_ok else "BROKEN", "; ".join(r.broken + r.signals) or "none"] for r in rows],
+        "bad": [not r.slo_ok for r in rows],
+    }
+
+
+def ttft_table(analysis: Analysis) -> dict[str, Any]:
+    return {
+        "headers": ["concurrency", "k6 client p50 ms", "collector p50 ms", "vLLM p50 ms", "k6 client p95 ms",
+                    "collector p95 ms", "vLLM p95 ms"],
+        "rows": [[str(r["concurrency"]), _ms(r["client_p50_s"]), _ms(r["collector_p50_s"]), _ms(r["vllm_p50_s"]),
+                  _ms(r["client_p95_s"]), _ms(r["collector_p95_s"]), _ms(r["vllm_p95_s"])]
+                 for r in analysis.ttft_three_ways],
+    }
+
+
+def server_table(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = []
+    for s in steps:
+        v = (s.get("server") or {}).get("vllm") or {}
+        h = (s.get("server") or {}).get("host") or {}
+        g = (s.get("server") or {}).get("gpu") or {}
+        gpu = ("absent" if g.get("util_avg_pct") is None else f"{g['util_avg_pct']:.0f}% / "
+               f"{_n(g.get('power_avg_w'))} W")
+        rows.append([str(s["concurrency"]), f"{_n(v.get('running_avg'), 1)} / {_n(v.get('running_max'))}",
+                     f"{_n(v.get('waiting_avg'), 1)} / {_n(v.get('waiting_max'))}", _pct(v.get("kv_cache_usage_max")),
+                     _n(v.get("preemptions")), _ms(v.get("itl_p50_s")), _ms(v.get("itl_p95_s")),
+                     _ms(v.get("queue_p95_s")), _s(v.get("e2e_p95_s"), 2),
+                     _n((h.get("mem_available_min_bytes") or 0) / 2**30 or None, 1), _pct(h.get("cpu_busy_ratio")),
+                     gpu])
+    return {"headers": ["concurrency", "running avg / max", "waiting avg / max", "KV cache peak", "preemptions",
+                        "ITL p50 ms", "ITL p95 ms", "queue p95 ms", "vLLM e2e p95 s", "host mem avail min GiB",
+                        "host CPU busy", "GPU util / power (DCGM)"],
+            "rows": rows}
+
+
+def throughput_table(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = []
+    for s in steps:
+        check = s.get("throughput_check") or {}
+        k6 = s.get("k6") or {}
+        span = check.get("span")
+        rows.append([str(s["concurrency"]), _n(check.get("client_tok_s")), _n(check.get("vllm_tok_s")),
+                     _pct(check.get("client_over_vllm")) if check else "n/a",
+                     f"{span[1] - span[0]:.0f} s" if span else "n/a", _n(k6.get("cpu_s"), 1),
+                     _n(k6.get("cpu_cores"), 2), str(k6.get("requests_total", "n/a"))])
+    return {"headers": ["concurrency", "k6 tok/s over span", "vLLM counter tok/s", "k6 / vLLM", "span",
+                        "k6 CPU s", "k6 CPU cores", "requests (all)"], "rows": rows}
+
+
+def slo_table(results: dict[str, Any]) -> dict[str, Any]:
+    return {"headers": ["SLO", "limit", "source"],
+            "rows": [[key, f"{v['value']:g}", v["source"]] for key, v in results.get("slo", {}).items()]}
+
+
+def bandwidth_text(bw: dict[str, Any], results: dict[str, Any]) -> str:
+    if not bw.get("limit_tok_s"):
+        return ("Not computed: the model's parameter count, dtype or the memory bandwidth is unknown (set "
+                "`hardware.params_billion`, `hardware.bytes_per_param` and `hardware.memory_bandwidth_gb_s` in the "
+                "plan).")
+    text = (f"Weights: {bw['parameters'] / 1e6:,.1f} M parameters x {bw['bytes_per_param']:g} bytes = "
+            f"{bw['weight_bytes'] / 1e6:,.1f} MB read per decoded token. At {bw['bandwidth_gb_s']:g} GB/s the "
+            f"single-stream decode limit is {bw['limit_tok_s']:,.0f} tok/s.")
+    if bw.get("single_stream_tok_s"):
+        text += (f" Measured single-stream decode: {bw['single_stream_tok_s']:,.0f} tok/s "
+                 f"({bw['fraction']:.1%} of the limit).")
+        gpu = ((results.get("provenance") or {}).get("gpu") or {}).get("name")
+        if not gpu:
+            text += (" No GPU here: the bandwidth figure is the plan's (GB10), while this server decodes on CPU, so "
+                     "the ratio shows per-token overhead, not memory bandwidth. On a DGX Spark, Qwen3-8B in bf16 "
+                     "(16.4 GB of weights) is bandwidth-bound at about 17 tok/s per stream.")
+    else:
+        text += " No single-user step ran, so there is no measured single-stream figure to compare."
+    return text
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def panel_images(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "panels").glob("*.png")) if (run_dir / "panels").exists() else []
+
+
+def render(run_dir: Path) -> tuple[Path, Path]:
+    """Writes report.md and report.html (and figures, requests.csv) into run_dir from its raw data."""
+    results = json.loads((run_dir / "results.json").read_text())
+    analysis = analyse(results)
+    steps = sorted((s for s in results["steps"] if s["status"] == "done"), key=lambda s: s["concurrency"])
+    figures_dir = run_dir / "figures"
+    figures_dir.mkdir(exist_ok=True)
+    figures: list[tuple[str, Path]] = []
+    if analysis.rows:
+        figures.append(("Throughput vs concurrency", plots.throughput(analysis, figures_dir / "throughput.png")))
+        figures.append(("Latency vs concurrency",
+                        plots.latency(analysis, results.get("slo", {}), figures_dir / "latency.png")))
+        figures.append(("Time to first token, three ways", plots.ttft_three_ways(analysis, figures_dir / "ttft.png")))
+    timeline_path = plots.timeline(results, figures_dir / "timeline.png")
+    csv_path = write_requests_csv(run_dir, results)
+    provenance = results.get("provenance") or {}
+    missing = list(results.get("missing", []))
+    for step in results["steps"]:
+        missing += [f"step {step['concurrency']}: {m}" for m in step.get("missing", [])]
+    if results.get("status") == "running":
+        missing.append("the sweep did not finish (the process ended mid-step); resume with --resume")
+    context = {
+        "results": results, "analysis": analysis, "steps": steps, "missing": missing,
+        "title": f"Service envelope: {results.get('model')} ({provenance.get('engine', '?')} "
+                 f"{provenance.get('engine_version') or ''})",
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(results.get("created", 0))),
+        "envelope_table": envelope_table(analysis.rows), "ttft_table": ttft_table(analysis),
+        "server_table": server_table(steps), "throughput_table": throughput_table(steps),
+        "slo_table": slo_table(results), "bandwidth": bandwidth_text(analysis.bandwidth, results),
+        "figures": [(title, path.relative_to(run_dir).as_posix(), _data_uri(path)) for title, path in figures],
+        "timeline": ((timeline_path.relative_to(run_dir).as_posix(), _data_uri(timeline_path))
+                     if timeline_path else None),
+        "panels": [(p.stem, p.relative_to(run_dir).as_posix(), _data_uri(p)) for p in panel_images(run_dir)],
+        "panels_note": results.get("panels_note", "panel images: none recorded for this run"),
+        "plan_yaml": yaml.safe_dump(results["plan"], sort_keys=False),
+        "provenance_yaml": yaml.safe_dump(provenance, sort_keys=False),
+        "csv_name": csv_path.name,
+    }
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]),
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    md = run_dir / "report.md"
+    md.write_text(env.get_template("report.md.j2").render(**context))
+    html = run_dir / "report.html"
+    html.write_text(env.get_template("report.html.j2").render(**context))
+    return md, html
