@@ -217,9 +217,13 @@ def write_prometheus_dir(s: dict[str, str]) -> None:
     if source.exists():
         if webhook.is_symlink():
             webhook.unlink()
-        text = source.read_text().replace("alert-webhook:", f"{host}:")
-        text = text.replace("${ALERT_WEBHOOK_PORT}", s["ALERT_WEBHOOK_PORT"])
-        webhook.write_text(text)
+        webhook.write_text(render_alertmanager_config(source.read_text(), host, s["ALERT_WEBHOOK_PORT"]))
+
+
+def render_alertmanager_config(text: str, host: str, port: str) -> str:
+    """prometheus/alertmanager.yml with its webhook receiver at host:port (compose resolves the
+    `alert-webhook` service name and ${ALERT_WEBHOOK_PORT} itself)."""
+    return text.replace("alert-webhook:", f"{host}:").replace("${ALERT_WEBHOOK_PORT}", port)
 
 
 # --- Process bookkeeping --------------------------------------------------------------------
