@@ -544,7 +544,7 @@ def test_cpu_overlay_needs_no_gpu(cpu: dict[str, Any]) -> None:
             continue  # not started unless its profile is asked for
         assert "deploy" not in service or "devices" not in str(service["deploy"]), f"{name} still reserves a GPU"
     assert services["dcgm-exporter"]["profiles"] == ["gpu"]
-    assert services["k6"]["environment"]["K6_MODEL"] == env["CPU_SERVED_MODEL_NAME"]
+    assert services["k6"]["environment"]["STEP_MODEL"] == env["CPU_SERVED_MODEL_NAME"]
     # Its DCGM scrape target list is empty, as native mode's is.
     mount = next(v for v in services["prometheus"]["volumes"] if str(v).endswith("dcgm-exporter.yml:ro"))
     assert yaml.safe_load((COMPOSE_DIR / str(mount).split(":")[0]).read_text()) == []
@@ -610,7 +610,10 @@ def test_k6_step_config_has_every_key_the_script_reads(base: dict[str, Any], tmp
     assert read <= set(config), f"compose k6 step config lacks {sorted(read - set(config))}"
     assert config["target"] == "http://collector:8001"
     assert config["model"] == env_example()["SERVED_MODEL_NAME"]
-    assert config["vus"] == int(env_example()["K6_VUS"])
+    assert config["vus"] == int(env_example()["K6_STEP_VUS"])
+    # k6 reads K6_* variables as its own options; only the remote-write output's may be set here.
+    own = {key for key in k6["environment"] if key.startswith("K6_")}
+    assert own <= {"K6_PROMETHEUS_RW_SERVER_URL", "K6_PROMETHEUS_RW_TREND_STATS", "K6_PROMETHEUS_RW_PUSH_INTERVAL"}
 
 
 @pytest.mark.stack
@@ -621,8 +624,8 @@ def test_k6_service_command_runs_against_the_native_stack(base: dict[str, Any], 
     k6 = services_of(base)["k6"]
     started = time.time()
     result = run_k6_service(k6, tmp_path, {
-        "K6_TARGET": stack.collector, "K6_MODEL": stack.model, "K6_VUS": "1",
-        "K6_DURATION_S": "3", "K6_MAX_TOKENS": "16", "K6_REQUEST_TIMEOUT_S": "60",
+        "STEP_TARGET": stack.collector, "STEP_MODEL": stack.model, "STEP_VUS": "1",
+        "STEP_DURATION_S": "3", "STEP_MAX_TOKENS": "16", "STEP_REQUEST_TIMEOUT_S": "60",
         "K6_PROMETHEUS_RW_SERVER_URL": f"{stack.prometheus}/api/v1/write",
     })
     assert result.returncode == 0, result.stderr[-2000:]
