@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 import native_stack
+from loadgen import k6_runner
 from tests.conftest import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -614,6 +615,9 @@ def test_k6_step_config_has_every_key_the_script_reads(base: dict[str, Any], tmp
     # k6 reads K6_* variables as its own options; only the remote-write output's may be set here.
     own = {key for key in k6["environment"] if key.startswith("K6_")}
     assert own <= {"K6_PROMETHEUS_RW_SERVER_URL", "K6_PROMETHEUS_RW_TREND_STATS", "K6_PROMETHEUS_RW_PUSH_INTERVAL"}
+    # The same series and labels as loadgen's own steps, so the load-test dashboard shows both.
+    assert k6["environment"]["K6_PROMETHEUS_RW_TREND_STATS"] == k6_runner.TREND_STATS
+    assert re.search(r"--tag run=compose-\$\(date [^)]*\) --tag step=0\b", k6["command"][0])
 
 
 @pytest.mark.stack
@@ -634,6 +638,6 @@ def test_k6_service_command_runs_against_the_native_stack(base: dict[str, Any], 
     metrics = summary["metrics"]
     assert metrics["llm_request_ok"]["values"]["rate"] == 1
     assert metrics["llm_output_tokens"]["values"]["count"] > 0
-    # Remote-written samples carry no run id: check one arrived after this run started.
-    pushed_at = stack.prom_value("max(timestamp(k6_llm_output_tokens_total))")
-    assert pushed_at is not None and pushed_at >= started - 1, "no k6 sample reached Prometheus"
+    # The run id is made inside the command: find this run's series by its prefix and time.
+    pushed_at = stack.prom_value('max(timestamp(k6_llm_output_tokens_total{run=~"compose-.+", step="0"}))')
+    assert pushed_at is not None and pushed_at >= started - 1, "no k6 sample of this run reached Prometheus"
