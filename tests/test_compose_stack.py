@@ -561,6 +561,17 @@ def test_shell_commands_parse(compose_stack: dict[str, Any]) -> None:
         assert result.returncode == 0, f"{name}: {result.stderr}"
 
 
+def test_dcgm_exporter_exposes_the_counters_the_tests_check(base: dict[str, Any]) -> None:
+    dcgm = services_of(base)["dcgm-exporter"]
+    counters = ROOT / "prometheus" / "dcgm-exporter-counters.csv"
+    mounts = dict(repo_mounts(dcgm))
+    assert counters.resolve() in mounts, "dcgm-exporter must collect prometheus/dcgm-exporter-counters.csv"
+    command = dcgm["command"]
+    assert command[command.index("-f") + 1] == mounts[counters.resolve()]
+    rows = [line for line in counters.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert rows and all(re.match(r"DCGM_FI_[A-Z0-9_]+\s*,\s*(gauge|counter|label)\b", row) for row in rows)
+
+
 # --- Alertmanager: the config as the container renders it -----------------------------------
 
 def test_alertmanager_renders_the_webhook_port_and_passes_amtool(base: dict[str, Any], tmp_path: Path) -> None:
