@@ -10,7 +10,8 @@ template variables and $__rate_interval substituted), puts the results into each
 renderer (/render/d-solo/...). DIR always receives `snapshot.json` (the payload; importable later).
 
 Exit codes: 0 done; 2 bad input (unknown dashboard, bad time or variable); 3 Grafana not reachable
-(snapshot.json written, nothing posted); 4 Prometheus not reachable.
+(snapshot.json written, nothing posted); 4 Prometheus not reachable; 5 Grafana refused (credentials,
+image renderer missing).
 """
 
 from __future__ import annotations
@@ -41,10 +42,15 @@ MAX_POINTS = 600  # about one point per horizontal pixel of a panel, as Grafana 
 EXIT_BAD_INPUT = 2
 EXIT_NO_GRAFANA = 3
 EXIT_NO_PROMETHEUS = 4
+EXIT_GRAFANA_REFUSED = 5
 
 
 class BadInput(ValueError):
     """A one-line, user-facing reason why the input cannot be used."""
+
+
+class GrafanaRefused(RuntimeError):
+    """Grafana answered, but would not do what was asked (one line)."""
 
 
 @dataclass(frozen=True)
@@ -321,17 +327,23 @@ def grafana_api(url: str) -> Any:
 
 
 def grafana_reachable(api: Any) -> str | None:
-    """None when Grafana answers its health check, else why not (one line)."""
+    """None when Grafana answers /api/health (no credentials needed), else why not (one line)."""
     try:
-        api.health.check()
+        api.client.GET("/health")
     except Exception as error:  # grafana-client raises niquests' and its own errors alike
         return type(error).__name__
     return None
 
 
 def post_snapshot(api: Any, payload: Mapping[str, Any]) -> dict[str, Any]:
-    response: dict[str, Any] = api.snapshots.create_new_snapshot(
-        dashboard=payload["dashboard"], name=payload["name"], expires=payload["expires"])
+    from grafana_client.client import GrafanaException
+
+    try:
+        response: dict[str, Any] = api.snapshots.create_new_snapshot(
+            dashboard=payload["dashboard"], name=payload["name"], expires=payload["expires"])
+    except GrafanaException as error:
+        raise GrafanaRefused(f"Grafana refused the snapshot ({error.status_code}: {error.message}); "
+                             "check GRAFANA_ADMIN_PASSWORD or GRAFANA_TOKEN") from None
     return response
 
 
@@ -348,7 +360,7 @@ def render_panels(api: Any, dashboard: Mapping[str, Any], start: float, end: flo
         response = api.client.s.get(f"{base}/render/d-solo/{uid}/_", params=params, auth=api.client.auth,
                                     timeout=120)
         if response.status_code != 200 or not response.headers.get("Content-Type", "").startswith("image/png"):
-            raise RuntimeError(f"the image renderer answered {response.status_code} for panel {panel['id']} "
+            raise GrafanaRefused(f"the image renderer answered {response.status_code} for panel {panel['id']} "
                                f"({panel.get('title')}): is the grafana-image-renderer service up?")
         path = out_dir / f"{uid}-{panel['id']:02d}.png"
         path.write_bytes(response.content)
@@ -403,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         start, end = parse_time(args.start), parse_time(args.end)
+        Window.for_range(start, end, 1)  # an empty range is bad input, before any query
         dashboard = load_dashboard(args.dashboard)
         variables = variable_values(dashboard, parse_variables(args.var))
         series = query_panels(dashboard, start, end, args.prometheus_url, variables)
@@ -422,10 +435,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Grafana not reachable at {args.grafana_url} ({why}): wrote {args.out / 'snapshot.json'}, "
               "posted nothing", file=sys.stderr)
         return EXIT_NO_GRAFANA
-    created = post_snapshot(api, payload)
-    print(f"snapshot: {created.get('url')}")
-    for path in render_panels(api, dashboard, start, end, args.out, variables):
-        print(f"panel: {path}")
+    try:
+        created = post_snapshot(api, payload)
+        print(f"snapshot: {created.get('url')}")
+        for path in render_panels(api, dashboard, start, end, args.out, variables):
+            print(f"panel: {path}")
+    except GrafanaRefused as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_GRAFANA_REFUSED
     return 0
 
 
