@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 import native_stack  # scripts/ is on sys.path (conftest.py)
+from loadgen.thresholds import load_thresholds
 from tests.prometheus_checks import (
     ALERTS_FILE,
     PROMETHEUS_DIR,
@@ -165,19 +166,17 @@ def test_checker_passes_the_shipped_rules_given_their_inputs() -> None:
 # --- thresholds: one place, one shape ---------------------------------------------------------
 
 def threshold_values() -> dict[str, float]:
-    values: dict[str, float] = {}
-    for group in load(THRESHOLDS_FILE)["groups"]:
-        for rule in group["rules"]:
-            assert set(rule) == {"record", "expr"}, f"threshold rule with extra keys: {rule}"
-            assert re.fullmatch(r"envelope:[a-z0-9_]+:threshold", rule["record"]), rule["record"]
-            number = re.fullmatch(r"vector\((-?[0-9.]+(?:e-?[0-9]+)?)\)", str(rule["expr"]).strip())
-            assert number, f"{rule['record']}: expr must be vector(<number>), got {rule['expr']!r}"
-            values[rule["record"]] = float(number.group(1))
-    return values
+    """envelope:<what>:threshold -> number, read by loadgen's reader (the report's SLO uses it)."""
+    return {f"envelope:{what}:threshold": value for what, value in load_thresholds(THRESHOLDS_FILE).items()}
 
 
 def test_thresholds_file_has_the_agreed_shape() -> None:
+    """Only `record: envelope:<what>:threshold` + `expr: vector(<number>)` rules: loadgen and
+    grafana parse this file, alerts and SLO rules read its series."""
+    rules = [rule for group in load(THRESHOLDS_FILE)["groups"] for rule in group["rules"]]
+    assert all(set(rule) == {"record", "expr"} for rule in rules), "no labels or other keys"
     values = threshold_values()
+    assert sorted(values) == sorted(rule["record"] for rule in rules), "every rule must be a threshold"
     for name in ("ttft_p95_seconds", "e2e_p95_seconds", "itl_p95_seconds", "error_ratio",
                  "kv_cache_usage_ratio", "queue_waiting_requests", "host_memory_available_ratio",
                  "gpu_temperature_celsius", "gpu_power_watts", "preemptions_per_minute"):
