@@ -16,6 +16,7 @@ Docker engine (and for vLLM and DCGM a GPU).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -283,6 +284,7 @@ def test_merge_follows_compose_rules() -> None:
 
 # --- Schema -----------------------------------------------------------------------------------
 
+@functools.cache
 def schema_validator() -> jsonschema.protocols.Validator:
     schema = json.loads(SCHEMA.read_text())
     validator_class = jsonschema.validators.validator_for(schema)
