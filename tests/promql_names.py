@@ -150,11 +150,14 @@ def exposed_names(exposition: str) -> set[str]:
 
 
 def dcgm_counter_names(path: Path) -> set[str]:
+    """Metric names of a DCGM exporter counters CSV (`FIELD, type, help`; `label` rows are labels)."""
     names: set[str] = set()
     for raw in path.read_text().splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
-            names.add(line.split(",", 1)[0].strip())
+            field, kind = (part.strip() for part in line.split(",", 2)[:2])
+            if kind != "label":
+                names.add(field)
     return names
 
 
