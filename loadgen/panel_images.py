@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MultipleLocator
 
 from loadgen.grafana_snapshot import Series, iter_panels, query_annotations, query_panels
 
@@ -95,8 +95,39 @@ def _shade_steps(ax: Any, events: Sequence[Mapping[str, Any]]) -> None:
                 color="tab:purple", va="bottom", clip_on=False)
 
 
+def _step(series: Sequence[Series]) -> float:
+    """The query step: the smallest spacing between samples of any series."""
+    gaps = [b - a for s in series for a, b in zip(s.times, s.times[1:], strict=False) if b > a]
+    return min(gaps, default=0.0)
+
+
+def _broken_at_gaps(series: Series, step: float) -> tuple[list[float], list[float]]:
+    """Times and values with a NaN wherever samples are missing, so the line breaks there (as
+    Grafana's does) instead of joining the points on either side."""
+    times: list[float] = []
+    values: list[float] = []
+    for t, v in zip(series.times, series.values, strict=True):
+        if times and step and t - times[-1] > 1.5 * step:
+            times.append(times[-1] + step)
+            values.append(math.nan)
+        times.append(t)
+        values.append(math.nan if v is None else v)
+    return times, values
+
+
+def _binary_ticks(ax: Any, series: Sequence[Series]) -> None:
+    """Byte axes ticked at round binary sizes (4 GiB, 8 GiB...) rather than at decimal ones."""
+    top = max((v for s in series for v in s.values if v is not None), default=0.0)
+    base = next((b for b in (2**40, 2**30, 2**20, 2**10) if top >= b), 1)
+    raw = top / 5 / base
+    nice = next((n for n in (0.25, 0.5, 1, 2, 2.5, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 256, 512)
+                 if n >= raw), 1024)
+    ax.yaxis.set_major_locator(MultipleLocator(nice * base))
+
+
 def _draw_timeseries(ax: Any, panel: Mapping[str, Any], series: list[Series], events: Sequence[Any]) -> None:
     unit = panel["fieldConfig"]["defaults"]["unit"]
+    step = _step(series)
     thresholds = _threshold_refs(panel)
     stacked = panel["fieldConfig"]["defaults"].get("custom", {}).get("stacking", {}).get("mode") == "normal"
     drawn = 0
@@ -110,17 +141,19 @@ def _draw_timeseries(ax: Any, panel: Mapping[str, Any], series: list[Series], ev
     for s in series:
         if not any(v is not None for v in s.values):
             continue
-        values = [math.nan if v is None else v for v in s.values]
+        times, values = _broken_at_gaps(s, step)
         if s.ref_id in thresholds:
-            ax.plot(s.times, values, color="red", linestyle="--", linewidth=1.2, label=s.name)
+            ax.plot(times, values, color="red", linestyle="--", linewidth=1.2, label=s.name)
         else:
-            ax.plot(s.times, values, linewidth=1.4, label=s.name)
+            ax.plot(times, values, linewidth=1.4, label=s.name)
         drawn += 1
     if not drawn:
         _no_data(ax, panel)
         return
     _shade_steps(ax, events)
     ax.set_ylabel(axis_label(unit))
+    if unit == "bytes":
+        _binary_ticks(ax, series)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: format_value(v, unit)))
     ax.xaxis.set_major_formatter(CLOCK)
     ax.set_ylim(bottom=0)
@@ -175,7 +208,8 @@ def _slug(title: str) -> str:
 
 
 def draw_panel(panel: Mapping[str, Any], series: list[Series], events: Sequence[Mapping[str, Any]],
-               path: Path) -> Path:
+               path: Path, span: tuple[float, float] | None = None) -> Path:
+    """One panel as PNG; `span` (start, end) fixes the time axis so every panel lines up."""
     height = STAT_HEIGHT_IN if panel["type"] == "stat" else HEIGHT_IN
     fig = Figure(figsize=(WIDTH_IN, height), dpi=DPI)
     ax = fig.subplots()
@@ -185,6 +219,8 @@ def draw_panel(panel: Mapping[str, Any], series: list[Series], events: Sequence[
         _draw_heatmap(fig, ax, panel, series)
     else:
         _draw_timeseries(ax, panel, series, events)
+    if span and panel["type"] != "stat":
+        ax.set_xlim(*span)
     fig.suptitle(panel["title"], fontsize=13, fontweight="bold", x=0.01, ha="left")
     fig.tight_layout()
     fig.savefig(path)
@@ -200,6 +236,6 @@ def draw_panels(dashboard: Mapping[str, Any], start: float, end: float, promethe
               for e in found]
     return [
         draw_panel(panel, series_by_panel[panel["id"]], events,
-                   out_dir / f"{dashboard['uid']}-{panel['id']:02d}-{_slug(panel['title'])}.png")
+                   out_dir / f"{dashboard['uid']}-{panel['id']:02d}-{_slug(panel['title'])}.png", (start, end))
         for panel in iter_panels(dashboard)
     ]
