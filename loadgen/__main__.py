@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -53,9 +54,11 @@ def _override(plan: Plan, args: argparse.Namespace) -> Plan:
             data["steps"] = [int(x) for x in args.steps.split(",")]
         except ValueError:
             raise PlanError(f"--steps: must be comma-separated integers, got {args.steps!r}") from None
-    for key in ("warmup_s", "steady_s", "request_timeout_s"):
+    for key in ("warmup_s", "steady_s", "max_steady_s", "request_timeout_s"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
+    if args.steady_s is not None and args.max_steady_s is None:
+        data["max_steady_s"] = max(data["max_steady_s"], args.steady_s)
     if args.profile:
         data["profile"] = args.profile
     if args.max_tokens is not None:
@@ -134,9 +137,17 @@ def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
     sweep.results["notes"] += notes
     sweep.save()
     print(f"run folder: {run_dir}", file=sys.stderr)
+    # Ctrl-C and SIGTERM both end the sweep cleanly (finished steps kept, partial report), also when
+    # the shell started us in the background with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     status = sweep.run()
     finish(sweep, run_dir, args, settings)
     return 0 if status == "complete" else EXIT_PARTIAL
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def finish(sweep: Sweep, run_dir: Path, args: argparse.Namespace, settings: dict[str, str]) -> None:
@@ -184,6 +195,8 @@ def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None
     p.add_argument("--max-tokens", type=int, help="output length (overrides the profile)")
     p.add_argument("--warmup-s", dest="warmup_s", type=float)
     p.add_argument("--steady-s", dest="steady_s", type=float)
+    p.add_argument("--max-steady-s", dest="max_steady_s", type=float,
+                   help="longest steady window when requests are long (the window aims at two requests per user)")
     p.add_argument("--request-timeout-s", dest="request_timeout_s", type=float)
     p.add_argument("--max-concurrency", type=int)
     p.add_argument("--no-search", action="store_true", help="run only the seed steps")

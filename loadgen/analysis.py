@@ -252,6 +252,11 @@ def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
         elif k6.get("cpu_cores", 0) > 0.1 * cores:
             flags.append(f"{step['concurrency']} users: k6 used {k6['cpu_cores']:.2f} of {cores} CPU cores; "
                          "on a box where client and server share cores this lowers the server's throughput.")
+        population = _get(step, "client", "population") or ""
+        if population.startswith("overlapping"):
+            flags.append(f"{step['concurrency']} users: fewer requests started in the steady window than there are "
+                         "users, so latency is taken from every request overlapping it (includes the warm-up burst); "
+                         "lengthen steady_s / max_steady_s for long answers.")
         ratio = _get(step, "throughput_check", "client_over_vllm")
         if ratio is not None and abs(ratio - 1) > THROUGHPUT_AGREEMENT:
             flags.append(f"{step['concurrency']} users: client tok/s is {ratio:.0%} of vLLM's own counter over the "

@@ -39,9 +39,11 @@ def _bounds(outcomes: list[Outcome]) -> tuple[int, int | None]:
 def _climbing_stopped(plan: Plan, outcomes: list[Outcome]) -> bool:
     if any(o.hard_stop for o in outcomes):
         return True
-    trailing_bad = 0
-    for outcome in outcomes:  # in the order they ran, which is rising while climbing
-        trailing_bad = 0 if outcome.slo_ok else trailing_bad + 1
+    trailing_bad, highest = 0, 0
+    for outcome in outcomes:  # in the order they ran; only steps above all earlier ones are climbing
+        if outcome.concurrency > highest:
+            highest = outcome.concurrency
+            trailing_bad = 0 if outcome.slo_ok else trailing_bad + 1
     return trailing_bad >= plan.stop.slo_broken_steps
 
 

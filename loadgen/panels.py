@@ -8,7 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-DASHBOARD = "serving"
+# Dashboards in the report, with the template variables that pick this run out.
+DASHBOARDS = (("serving", "model"), ("load-test", "run"))
+
+
+def _variables(snapshot: Any, dashboard: dict[str, Any], key: str, results: dict[str, Any]) -> dict[str, str]:
+    value = results.get("model") if key == "model" else results.get("run_id")
+    given: dict[str, str] = snapshot.variable_values(dashboard, {key: str(value)} if value else {})
+    return given
 
 
 def export(results: dict[str, Any], run_dir: Path, grafana_url: str | None, prometheus_url: str | None) -> str:
@@ -18,41 +25,42 @@ def export(results: dict[str, Any], run_dir: Path, grafana_url: str | None, prom
         return "Panel images: no finished step to show."
     if not prometheus_url:
         return "Panel images: none (no Prometheus to read the panels' data from)."
-    start = min(s["started"] for s in steps)
-    end = max(s["ended"] for s in steps)
+    start, end = min(s["started"] for s in steps), max(s["ended"] for s in steps)
     out_dir = run_dir / "panels"
     out_dir.mkdir(exist_ok=True)
     try:
         snapshot = importlib.import_module("loadgen.grafana_snapshot")
-    except ImportError:
-        snapshot = None
-    grafana_why = "no Grafana URL configured"
-    if snapshot is not None and grafana_url:
-        try:
-            dashboard = snapshot.load_dashboard(DASHBOARD)
-            variables = snapshot.variable_values(dashboard, {"model": results.get("model", ".*")})
+    except ImportError as error:
+        return f"Panel images: none (the Grafana exporter loadgen.grafana_snapshot is not available: {error})."
+    names = ", ".join(f"'{uid}'" for uid, _ in DASHBOARDS)
+    why = "no Grafana URL configured"
+    try:
+        api = snapshot.grafana_api(grafana_url) if grafana_url else None
+        why = snapshot.grafana_reachable(api) if api is not None else why
+        count = 0
+        for uid, key in DASHBOARDS:
+            dashboard = snapshot.load_dashboard(uid)
+            variables = _variables(snapshot, dashboard, key, results)
             series = snapshot.query_panels(dashboard, start, end, prometheus_url, variables)
             payload = snapshot.build_snapshot_payload(dashboard, series, start, end, variables=variables)
-            (run_dir / "grafana-snapshot.json").write_text(json.dumps(payload) + "\n")
-            api = snapshot.grafana_api(grafana_url)
-            why = snapshot.grafana_reachable(api)
-            if why is None:
-                paths = snapshot.render_panels(api, dashboard, start, end, out_dir, variables)
-                return (f"Panel images: {len(paths)} panels of the '{DASHBOARD}' dashboard rendered by Grafana at "
-                        f"{grafana_url}.")
-            grafana_why = f"Grafana at {grafana_url} not reachable ({why})"
-        except Exception as error:  # the exporter's errors (bad dashboard, renderer down) must not lose the report
-            grafana_why = f"the Grafana exporter failed ({type(error).__name__}: {str(error)[:120]})"
+            (run_dir / f"grafana-snapshot-{uid}.json").write_text(json.dumps(payload) + "\n")
+            if api is not None and why is None:
+                count += len(snapshot.render_panels(api, dashboard, start, end, out_dir, variables))
+        if api is not None and why is None:
+            return f"Panel images: {count} panels of the {names} dashboards rendered by Grafana at {grafana_url}."
+    except Exception as error:  # the exporter's errors (bad dashboard, renderer down) must not lose the report
+        why = f"the Grafana exporter failed: {type(error).__name__}: {str(error)[:160]}"
+    grafana = f"Grafana at {grafana_url} not reachable ({why})" if grafana_url and " " not in str(why) else str(why)
     try:
         fallback = importlib.import_module("loadgen.panel_images")
-    except ImportError:
-        return (f"Panel images: none ({grafana_why}; the matplotlib fallback loadgen.panel_images is not installed). "
-                "The server timeline below is drawn from Prometheus data.")
-    try:
-        dashboard_arg: Any = DASHBOARD
-        paths = fallback.draw_panels(dashboard_arg, start, end, prometheus_url, out_dir)
+        count = 0
+        for uid, key in DASHBOARDS:
+            dashboard = snapshot.load_dashboard(uid)
+            variables = _variables(snapshot, dashboard, key, results)
+            count += len(fallback.draw_panels(dashboard, start, end, prometheus_url, out_dir, variables))
+    except ImportError as error:
+        return f"Panel images: none ({grafana}; the matplotlib fallback is not available: {error})."
     except Exception as error:  # same: a broken fallback is reported, not fatal
-        return (f"Panel images: none ({grafana_why}; drawing them from Prometheus failed: "
-                f"{type(error).__name__}: {error})")
-    return (f"Panel images: {len(paths)} panels of the '{DASHBOARD}' dashboard drawn from Prometheus data "
-            f"({grafana_why}).")
+        return f"Panel images: none ({grafana}; drawing them from Prometheus failed: {type(error).__name__}: {error})"
+    return (f"Panel images: {count} panels of the {names} dashboards, drawn from Prometheus data with matplotlib "
+            f"({grafana}); grafana-snapshot-*.json beside this report can be imported into Grafana later.")

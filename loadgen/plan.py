@@ -58,6 +58,7 @@ class Plan:
     search: Search = field(default_factory=Search)
     warmup_s: float = 20.0
     steady_s: float = 60.0
+    max_steady_s: float = 300.0
     request_timeout_s: float = 180.0
     stop: Stop = field(default_factory=Stop)
     slo: dict[str, float] = field(default_factory=dict)
@@ -147,9 +148,11 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
         if key not in SLO_KEYS:
             raise PlanError(f"{source}: slo.{key}: unknown SLO (known: {', '.join(SLO_KEYS)})")
         _number(f"{source}: slo.{key}", value, minimum=0)
-    for key in ("warmup_s", "steady_s", "request_timeout_s"):
+    for key in ("warmup_s", "steady_s", "max_steady_s", "request_timeout_s"):
         if key in data:
             _number(f"{source}: {key}", data[key], minimum=0 if key == "warmup_s" else 1)
+    if "max_steady_s" in data and "steady_s" in data and data["max_steady_s"] < data["steady_s"]:
+        raise PlanError(f"{source}: max_steady_s: must be >= steady_s ({data['steady_s']}), got {data['max_steady_s']}")
     return Plan(
         name=str(data.get("name", Path(source).stem)),
         profile=_profile(source, data.get("profile", "short-chat")),
@@ -157,6 +160,7 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
         search=search,
         warmup_s=float(data.get("warmup_s", 20.0)),
         steady_s=float(data.get("steady_s", 60.0)),
+        max_steady_s=float(data.get("max_steady_s", max(300.0, float(data.get("steady_s", 60.0))))),
         request_timeout_s=float(data.get("request_timeout_s", 180.0)),
         stop=stop,
         slo={k: float(v) for k, v in slo.items()},

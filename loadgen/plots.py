@@ -23,12 +23,23 @@ def _values(values: list[float | None], scale: float = 1.0) -> list[float]:
 
 
 def _mark_knee(ax: Any, analysis: Analysis) -> None:
+    """Knee as a dashed line; the stretch where the SLO breaks (knee .. first bad) and beyond shaded."""
     if analysis.knee.concurrency:
         ax.axvline(analysis.knee.concurrency, color=COLORS["knee"], linestyle="--", linewidth=1.5,
                    label=f"knee: {analysis.knee.concurrency} users")
     if analysis.knee.first_bad:
-        ax.axvspan(analysis.knee.first_bad, max(r.concurrency for r in analysis.rows) * 1.15, color=COLORS["slo"],
-                   alpha=0.07, label="SLO broken")
+        highest = max(r.concurrency for r in analysis.rows)
+        ax.axvspan(analysis.knee.concurrency or analysis.knee.first_bad / 2, analysis.knee.first_bad,
+                   color="#ffbf7f", alpha=0.18, label="SLO breaks in here")
+        ax.axvspan(analysis.knee.first_bad, max(highest * 1.25, analysis.knee.first_bad * 1.25), color=COLORS["slo"],
+                   alpha=0.10, label="SLO broken")
+
+
+def _mark_broken(ax: Any, analysis: Analysis, values: list[float]) -> None:
+    bad = [(r.concurrency, v) for r, v in zip(analysis.rows, values, strict=True) if not r.slo_ok]
+    if bad:
+        ax.scatter([c for c, _ in bad], [v for _, v in bad], s=140, facecolors="none", edgecolors=COLORS["slo"],
+                   linewidths=1.8, zorder=5)
 
 
 def _concurrency_axis(ax: Any, analysis: Analysis) -> None:
@@ -42,7 +53,7 @@ def _concurrency_axis(ax: Any, analysis: Analysis) -> None:
 
 
 def throughput(analysis: Analysis, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
     rows = analysis.rows
     xs = [r.concurrency for r in rows]
     ax.plot(xs, _values([r.output_tok_s for r in rows]), "o-", color=COLORS["client"],
@@ -57,11 +68,12 @@ def throughput(analysis: Analysis, path: Path) -> Path:
     ax.set_ylim(bottom=0)
     _mark_knee(ax, analysis)
     _concurrency_axis(ax, analysis)
+    _mark_broken(ax, analysis, _values([r.output_tok_s for r in rows]))
     handles = ax.get_legend_handles_labels()
     extra = right.get_legend_handles_labels()
-    ax.legend(handles[0] + extra[0], handles[1] + extra[1], loc="upper left", fontsize=8)
-    ax.set_title("Throughput vs concurrency")
-    fig.tight_layout()
+    fig.legend(handles[0] + extra[0], handles[1] + extra[1], loc="lower center", ncol=4, fontsize=8, frameon=False)
+    ax.set_title("Throughput vs concurrency (red rings: SLO broken)")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -84,6 +96,8 @@ def latency(analysis: Analysis, slo: dict[str, dict[str, Any]], path: Path) -> P
         right.axhline(slo["e2e_p95_s"]["value"], color=COLORS["slo"], linestyle=":",
                       label=f"SLO p95 total {slo['e2e_p95_s']['value']:g} s")
     right.set_title("Total request latency")
+    _mark_broken(left, analysis, _values([r.ttft_p95_s for r in rows]))
+    _mark_broken(right, analysis, _values([r.e2e_p95_s for r in rows]))
     for ax in (left, right):
         _mark_knee(ax, analysis)
         _concurrency_axis(ax, analysis)

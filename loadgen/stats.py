@@ -32,12 +32,19 @@ def tokens_in_span(record: dict[str, Any], start: float, end: float) -> float:
     return tokens * overlap / (last - first)
 
 
-def client_step_stats(records: list[dict[str, Any]], start: float, end: float) -> dict[str, Any]:
+def client_step_stats(records: list[dict[str, Any]], start: float, end: float, users: int = 1) -> dict[str, Any]:
     """Figures for requests that started in the steady window [start, end) (epoch seconds).
 
-    Throughput counts every token produced inside the window, whatever request it belongs to.
+    When requests outlast the window (fewer started in it than there are users), latency comes from
+    every request overlapping the window instead, and `population` says so. Throughput counts every
+    token produced inside the window, whatever request it belongs to.
     """
     in_window = [r for r in records if start <= r["start_ms"] / 1000 < end]
+    population = "started in the steady window"
+    if len(in_window) < users:
+        in_window = [r for r in records
+                     if r["start_ms"] / 1000 < end and (r["start_ms"] + r["total_ms"]) / 1000 > start]
+        population = "overlapping the steady window (requests outlast it: lengthen steady_s)"
     ok = [r for r in in_window if not r.get("error")]
     ttfts = [r["ttft_ms"] / 1000 for r in ok]
     totals = [r["total_ms"] / 1000 for r in ok]
@@ -50,6 +57,7 @@ def client_step_stats(records: list[dict[str, Any]], start: float, end: float) -
     errors = Counter(str(r["error"]) for r in in_window if r.get("error"))
     return {
         "requests": len(in_window),
+        "population": population,
         "ok": len(ok),
         "errors": sum(errors.values()),
         "error_kinds": dict(errors),

@@ -95,9 +95,17 @@ class Sweep:
 
         return check
 
+    def steady_for(self) -> float:
+        """The plan's steady window, lengthened to hold two requests per user when the last step's
+        requests took longer (long answers), up to the plan's max_steady_s."""
+        e2e = [s["client"]["e2e_p95_s"] for s in self.done_steps() if (s.get("client") or {}).get("e2e_p95_s")]
+        wanted = 2 * e2e[-1] if e2e else 0.0
+        return max(self.plan.steady_s, min(self.plan.max_steady_s, wanted))
+
     def run_one(self, concurrency: int, bar: tqdm[Any]) -> dict[str, Any]:
         plan = self.plan
-        length = plan.warmup_s + plan.steady_s
+        steady = self.steady_for()
+        length = plan.warmup_s + steady
         spec = StepSpec(run_id=self.results["run_id"], step=concurrency, vus=concurrency, duration_s=length,
                         target=self.target, model=self.model, prompt_words=plan.profile.prompt_words,
                         max_tokens=plan.profile.max_tokens, ignore_eos=plan.profile.ignore_eos,
@@ -105,9 +113,9 @@ class Sweep:
                         api_key=self.api_key)
         started = time.time()
         run = run_step(spec, self.run_dir / "raw", watchdog=self._watchdog(bar, started, length))
-        return self.measure(concurrency, started, run)
+        return self.measure(concurrency, started, run, steady)
 
-    def measure(self, concurrency: int, started: float, run: StepRun) -> dict[str, Any]:
+    def measure(self, concurrency: int, started: float, run: StepRun, steady: float) -> dict[str, Any]:
         plan = self.plan
         step: dict[str, Any] = {"concurrency": concurrency, "started": started, "ended": time.time(),
                                 "status": "done", "missing": [], "hard_stop": None}
@@ -118,7 +126,7 @@ class Sweep:
             return step
         first_start = min(r["start_ms"] for r in run.records) / 1000
         steady_start = first_start + plan.warmup_s
-        steady_end = steady_start + plan.steady_s
+        steady_end = steady_start + steady
         if run.aborted:
             step["hard_stop"] = run.aborted
             steady_end = min(steady_end, time.time())
@@ -127,7 +135,7 @@ class Sweep:
             step["status"] = "failed"
             step["missing"].append(f"k6 exited with code {run.exit_code}: {' | '.join(run.stderr_tail)[-300:]}")
         step.update(steady_start=steady_start, steady_end=steady_end)
-        step["client"] = stats.client_step_stats(run.records, steady_start, steady_end)
+        step["client"] = stats.client_step_stats(run.records, steady_start, steady_end, concurrency)
         step["k6"] = {"cpu_s": run.k6_cpu_s, "wall_s": run.wall_s, "cpu_cores": run.k6_cpu_s / max(run.wall_s, 1e-9),
                       "exit_code": run.exit_code, "requests_total": len(run.records),
                       "summary": _summary_digest(run.summary)}
@@ -218,7 +226,7 @@ class Sweep:
                     raise SweepStopped("Prometheus stopped answering; server-side metrics would be missing")
         except KeyboardInterrupt:
             status = "partial"
-            self.results["missing"].append("interrupted (Ctrl-C) during a step; that step was not kept")
+            self.results["missing"].append("interrupted (Ctrl-C or SIGTERM) during a step; that step was not kept")
         except SweepStopped as error:
             status = "partial"
             self.results["missing"].append(str(error))
