@@ -1,0 +1,257 @@
+"""scripts/bench_peers.py's pure logic: reading vLLM's counters, finding the window in which they moved,
+and reading each peer tool's result files (shapes copied from real runs of vllm bench serve 0.32,
+GuideLLM 0.8.1 and AIPerf 0.13.0 against the native stack). The peer tools themselves are too heavy for CI:
+scripts/bench_peers.py runs them."""
+
+from __future__ import annotations
+
+import bench_peers as bp
+import pytest
+
+METRICS = """\
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="qwen3-tiny-dummy"} 3188.0
+vllm:generation_tokens_total{engine="0",model_name="other-model"} 5.0
+vllm:prompt_tokens_total{engine="0",model_name="qwen3-tiny-dummy"} 9100.0
+vllm:num_requests_running{engine="0",model_name="qwen3-tiny-dummy"} 2.0
+vllm:num_requests_waiting{engine="0",model_name="qwen3-tiny-dummy"} 1.0
+vllm:kv_cache_usage_perc{engine="0",model_name="qwen3-tiny-dummy"} 0.93
+vllm:num_preemptions_total{engine="0",model_name="qwen3-tiny-dummy"} 6.0
+vllm:request_success_total{engine="0",finished_reason="stop",model_name="qwen3-tiny-dummy"} 1.0
+vllm:request_success_total{engine="0",finished_reason="length",model_name="qwen3-tiny-dummy"} 72.0
+vllm:request_success_total{engine="0",finished_reason="abort",model_name="qwen3-tiny-dummy"} 3.0
+vllm:request_success_total{engine="0",finished_reason="error",model_name="qwen3-tiny-dummy"} 0.0
+vllm:request_success_total{engine="0",finished_reason="repetition",model_name="qwen3-tiny-dummy"} 2.0
+vllm:time_to_first_token_seconds_bucket{le="0.1",model_name="qwen3-tiny-dummy"} 40.0
+process_cpu_seconds_total 12.5
+"""
+
+
+def test_counters_are_summed_per_model_and_finish_reason() -> None:
+    s = bp.parse_vllm_metrics(METRICS, "qwen3-tiny-dummy")
+    assert s.generation_tokens == 3188.0  # the other model's 5 tokens are not counted
+    assert s.prompt_tokens == 9100.0
+    assert s.requests_finished == 75.0  # stop + length + repetition
+    assert s.requests_aborted == 3.0
+    assert s.requests_errored == 0.0
+    assert (s.running, s.waiting, s.kv_cache_usage, s.preemptions) == (2.0, 1.0, 0.93, 6.0)
+
+
+def test_without_a_model_every_label_set_counts_and_junk_lines_are_skipped() -> None:
+    text = METRICS + "garbage line without value\nvllm:generation_tokens_total{model_name=\"x\"} NaN\n"
+    assert bp.parse_vllm_metrics(text).generation_tokens == 3193.0
+
+
+def _samples(points: list[tuple[float, float]]) -> list[tuple[float, bp.ServerSample]]:
+    return [(t, bp.ServerSample(generation_tokens=g, requests_finished=g // 100, prompt_tokens=g / 2))
+            for t, g in points]
+
+
+def test_window_spans_the_counter_moves_with_half_interval_ends() -> None:
+    # idle 0..2 s (tool start-up), tokens from 2.x s to 6.x s, idle after.
+    points = [(0.0, 0), (1.0, 0), (2.0, 0), (3.0, 300), (4.0, 700), (5.0, 1100), (6.0, 1200), (7.0, 1200)]
+    w = bp.active_window(_samples(points))
+    assert w is not None
+    assert (w.start, w.end) == (2.5, 5.5)
+    assert w.generation_tokens == 1200
+    assert w.tok_s == pytest.approx(400.0)
+    assert w.requests_finished == 12
+    assert w.prompt_tokens == 600
+
+
+def test_window_keeps_the_biggest_stretch_not_a_warm_up_request_before_it() -> None:
+    # vllm bench serve sends one test request, then waits a few seconds, then the run.
+    points = [(0.0, 0), (1.0, 128), (2.0, 128), (3.0, 128), (4.0, 128), (5.0, 128), (6.0, 600), (7.0, 1100),
+              (8.0, 1152), (9.0, 1152)]
+    w = bp.active_window(_samples(points))
+    assert w is not None
+    assert w.start == 5.5
+    assert w.generation_tokens == 1152 - 128
+
+
+def test_no_movement_means_no_window() -> None:
+    assert bp.active_window(_samples([(0.0, 10), (1.0, 10)])) is None
+    assert bp.active_window([]) is None
+
+
+def test_peaks_report_gauge_maxima_and_counter_deltas() -> None:
+    samples = [(0.0, bp.ServerSample(kv_cache_usage=0.2, waiting=0, preemptions=1, requests_finished=10)),
+               (1.0, bp.ServerSample(kv_cache_usage=0.96, waiting=13, preemptions=4, requests_finished=12)),
+               (2.0, bp.ServerSample(kv_cache_usage=0.5, waiting=2, preemptions=7, requests_finished=30))]
+    p = bp.peaks(samples)
+    assert p["kv_cache_usage_max"] == 0.96
+    assert p["waiting_max"] == 13
+    assert p["preemptions"] == 6
+    assert p["requests_finished"] == 20
+    assert bp.peaks([]) == {}
+
+
+VLLM_BENCH_RESULT = {"completed": 16, "failed": 0, "total_output_tokens": 2048, "duration": 9.768,
+                     "output_throughput": 209.66, "median_ttft_ms": 396.04, "p50_ttft_ms": 396.04,
+                     "p95_e2el_ms": 3414.45}
+
+
+def test_vllm_bench_result() -> None:
+    r = bp.parse_vllm_bench(VLLM_BENCH_RESULT)
+    assert (r.output_tok_s, r.ttft_p50_ms, r.e2e_p95_ms, r.requests_ok, r.output_tokens) == (
+        209.66, 396.04, 3414.45, 16, 2048)
+
+
+def _dist(p50: float, p95: float, mean: float, total: float) -> dict[str, object]:
+    return {"mean": mean, "total_sum": total, "percentiles": {"p50": p50, "p95": p95}}
+
+
+GUIDELLM_REPORT = {"benchmarks": [{"config": {"strategy": {"type_": "concurrent", "streams": 4}}, "metrics": {
+    "request_totals": {"successful": 16, "errored": 0, "incomplete": 0, "total": 16},
+    "output_tokens_per_second": {"successful": _dist(165.9, 518.4, 210.3, 430708.3),
+                                 "total": _dist(165.9, 518.4, 210.3, 430708.3)},
+    "time_to_first_token_ms": {"successful": _dist(360.8, 568.3, 353.6, 5656.9)},
+    "request_latency": {"successful": _dist(2.43, 2.95, 2.4, 38.4)},
+    "output_token_count": {"successful": _dist(128, 128, 128, 2048)},
+}}], "conclusions": []}
+
+
+def test_guidellm_report_latency_seconds_become_ms() -> None:
+    r = bp.parse_guidellm(GUIDELLM_REPORT)
+    assert r.output_tok_s == 210.3
+    assert r.ttft_p50_ms == 360.8
+    assert r.e2e_p95_ms == pytest.approx(2950.0)
+    assert (r.requests_ok, r.output_tokens) == (16, 2048)
+
+
+def test_a_missing_section_is_none_not_a_crash() -> None:
+    r = bp.parse_guidellm({"benchmarks": []})
+    assert r.output_tok_s is None and r.requests_ok is None
+    assert bp.parse_vllm_bench({}).output_tok_s is None
+
+
+AIPERF_EXPORT = {"output_token_throughput": {"unit": "tokens/sec", "avg": 335.93},
+                 "time_to_first_token": {"unit": "ms", "avg": 384.1, "p50": 315.8, "p95": 996.1},
+                 "request_latency": {"unit": "ms", "avg": 1552.2, "p50": 1555.1, "p95": 1710.6},
+                 "completed_request_count": {"unit": "requests", "avg": 16.0},
+                 "request_count": {"unit": "requests", "avg": 16.0},
+                 "total_output_tokens": {"unit": "tokens", "avg": 2150.0},
+                 "total_usage_completion_tokens": {"unit": "tokens", "avg": 2048.0}}
+
+
+def test_aiperf_export_and_its_retokenized_token_count_is_flagged() -> None:
+    r = bp.parse_aiperf(AIPERF_EXPORT)
+    assert (r.output_tok_s, r.ttft_p50_ms, r.e2e_p95_ms, r.requests_ok) == (335.93, 315.8, 1710.6, 16)
+    assert r.notes and "+5.0%" in r.notes[0]
+    same = bp.parse_aiperf({**AIPERF_EXPORT, "total_output_tokens": {"avg": 2048.0}})
+    assert same.notes == []
+
+
+def test_loadgen_step_and_its_missing_steps() -> None:
+    results = {"ttfb_is_ttft": True, "steps": [
+        {"status": "done", "concurrency": 8, "client": {"output_tok_s": 512.0, "ttft_p50_s": 0.2, "e2e_p95_s": 1.5,
+                                                        "ok": 40}}]}
+    r = bp.parse_loadgen_step(results)
+    assert (r.output_tok_s, r.ttft_p50_ms, r.e2e_p95_ms, r.requests_ok) == (512.0, 200.0, 1500.0, 40)
+    empty = bp.parse_loadgen_step({"steps": [], "missing": ["k6 crashed"]})
+    assert empty.output_tok_s is None and "k6 crashed" in empty.notes[0]
+
+
+def test_guidellm_goodput_probes_from_the_search_conclusion() -> None:
+    report = {"benchmarks": [{"config": {"strategy": {"streams": s}}} for s in (4, 8, 16, 12)],
+              "conclusions": [{"conclusion": {"probes": [
+                  {"streams": 4, "attainment": 1.0}, {"streams": 8, "attainment": 1.0},
+                  {"streams": 16, "attainment": 0.4}, {"streams": 12, "attainment": 0.97}],
+                  "best_passing_streams": 12, "lowest_failing_streams": 16, "stop_reason": "converged"}}]}
+    g = bp.parse_guidellm_goodput(report)
+    assert g["streams"] == [4, 8, 16, 12]
+    assert (g["best_passing"], g["lowest_failing"], g["stop_reason"], g["count"]) == (12, 16, "converged", 4)
+
+
+def test_goodput_from_attainment_ignores_passes_above_the_first_failure() -> None:
+    assert bp.goodput_from_attainment([4, 8, 16, 32], [1.0, 0.96, 0.5, 0.99], 0.95) == (8, 16)
+    assert bp.goodput_from_attainment([4, 8], [1.0, None], 0.95) == (4, None)
+    assert bp.goodput_from_attainment([1], [0.2], 0.95) == (None, 1)
+
+
+def test_aiperf_search_history() -> None:
+    history = {"iterations": [
+        {"iteration_idx": 0, "variation_values": {"phases.profiling.concurrency": 1}, "feasible": True},
+        {"iteration_idx": 1, "variation_values": {"phases.profiling.concurrency": 32}, "feasible": False},
+        {"iteration_idx": 2, "variation_values": {"phases.profiling.concurrency": 16}, "feasible": True}],
+        "boundary_summary": {"feasible_max": {"value": 16}, "infeasible_min": {
+            "value": 32, "first_breach": {"metric_tag": "time_to_first_token", "stat": "p95", "observed": 4100.0,
+                                          "threshold": 1000.0}}},
+        "convergence_reason": "monotonic_precision_reached"}
+    s = bp.parse_aiperf_search(history)
+    assert s["concurrencies"] == [1, 32, 16]
+    assert s["feasible"] == [True, False, True]
+    assert (s["feasible_max"], s["infeasible_min"], s["reason"]) == (16, 32, "monotonic_precision_reached")
+
+
+def _measured(**server: float) -> bp.Measured:
+    return bp.Measured(command=["x"], exit_code=0, wall_s=30.0, cpu_s=12.0, timed_out=False, log="log",
+                       window=bp.Window(start=10.0, end=20.0, generation_tokens=4000.0, requests_finished=30,
+                                        prompt_tokens=4000),
+                       server=server, busy_before=False, sampler_failures=0)
+
+
+def test_ratio_and_other_traffic_detection() -> None:
+    row = bp.ThroughputRow("guidellm", 1, bp.Reported(output_tok_s=380.0, requests_ok=30),
+                           _measured(requests_finished=31))
+    assert row.vllm_tok_s == 400.0
+    assert row.ratio == pytest.approx(0.95)
+    assert bp.other_traffic(row) is None  # one extra request (a tool's own check) is tolerated
+    busy = bp.ThroughputRow("aiperf", 1, bp.Reported(output_tok_s=380.0, requests_ok=30),
+                            _measured(requests_finished=45))
+    assert "vLLM finished 45 requests, the tool reports 30" in (bp.other_traffic(busy) or "")
+
+
+def test_tables_carry_every_run_and_the_medians() -> None:
+    rows = [bp.ThroughputRow("vllm-bench", n, bp.Reported(output_tok_s=v, ttft_p50_ms=100.0, requests_ok=30),
+                             _measured(requests_finished=30)) for n, v in ((1, 390.0), (2, 410.0))]
+    rows.append(bp.ThroughputRow("loadgen", 1, bp.Reported(), None, "not run: no loadgen"))
+    every = bp.throughput_table(rows)
+    assert every.count("\n") == 1 + 3
+    assert "| vllm-bench | 2 | 410 | 400 | 1.025 |" in every
+    assert "not run: no loadgen" in every
+    summary = bp.throughput_summary(rows)
+    assert "| vllm-bench | 2 | 400 | 400 | 1.000 |" in summary
+    assert "| loadgen | 0 | - | - | - |" in summary
+
+
+def test_knee_table_says_no_when_a_tool_gives_no_reason() -> None:
+    table = bp.knee_table([
+        bp.KneeResult("guidellm", "goodput", steps=5, concurrencies=[4, 8, 16, 12, 14], wall_s=300, answer=12,
+                      first_failing=14, converged="converged", server={"kv_cache_usage_max": 0.96,
+                                                                       "waiting_max": 3, "preemptions": 2}),
+        bp.KneeResult("loadgen", "knee", steps=4, answer=12, says_why="KV cache | preemptions 6")])
+    assert "| guidellm | goodput | 5 | 4, 8, 16, 12, 14 | 300 | - | 12 | 14 | converged | no | 96%, 3, 2 |" in table
+    assert "KV cache / preemptions 6" in table  # a pipe inside a cell would break the markdown row
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tools", "vllm-bench,locust"], "unknown locust"),
+    (["--rounds", "0"], "--rounds"),
+    (["--slo-ttft-p95-s", "-1"], "--slo-ttft-p95-s"),
+])
+def test_bad_arguments_get_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bp.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_commands_send_load_to_the_target_only_with_the_same_workload() -> None:
+    target = bp.Target(api_url="http://127.0.0.1:8001", via="collector", metrics_url="http://127.0.0.1:8000/metrics",
+                       prometheus_url="http://127.0.0.1:9090", model="m", tokenizer_dir=bp.ROOT / "var" / "model")
+    w = bp.throughput_workload(quick=True)
+    vb = bp.vllm_bench_command(target, w, bp.ROOT / "var" / "x")
+    assert vb[vb.index("--base-url") + 1] == "http://127.0.0.1:8001"
+    assert vb[vb.index("--max-concurrency") + 1] == str(w.concurrency)
+    assert "--ignore-eos" in vb
+    scenario = bp.guidellm_scenario(target, prompt_tokens=w.prompt_tokens, output_tokens=w.output_tokens,
+                                    profile={"kind": "concurrent", "streams": [w.concurrency]}, constraints=[],
+                                    out_json=bp.ROOT / "x.json", slo_ttft_ms=1000)
+    assert scenario["spec"]["backend"]["target"] == "http://127.0.0.1:8001"
+    assert scenario["spec"]["metrics"]["slo"] == {"ttft_ms": 1000}
+    ap = bp.aiperf_base(target, w.prompt_tokens, w.output_tokens, bp.ROOT / "x")
+    assert ap[ap.index("--url") + 1] == "http://127.0.0.1:8001"
+    assert ap[ap.index("--server-metrics") + 1] == "http://127.0.0.1:8000/metrics"
+    assert ap[ap.index("--extra-inputs") + 1] == "ignore_eos:true"
