@@ -5,6 +5,8 @@ scripts/bench_peers.py runs them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import bench_peers as bp
 import pytest
 
@@ -43,7 +45,7 @@ def test_without_a_model_every_label_set_counts_and_junk_lines_are_skipped() -> 
     assert bp.parse_vllm_metrics(text).generation_tokens == 3193.0
 
 
-def _samples(points: list[tuple[float, float]]) -> list[tuple[float, bp.ServerSample]]:
+def _samples(points: Sequence[tuple[float, float]]) -> list[tuple[float, bp.ServerSample]]:
     return [(t, bp.ServerSample(generation_tokens=g, requests_finished=g // 100, prompt_tokens=g / 2))
             for t, g in points]
 
