@@ -354,8 +354,8 @@ def render_panels(api: Any, dashboard: Mapping[str, Any], start: float, end: flo
     uid = dashboard["uid"]
     paths = []
     for panel in iter_panels(dashboard):
-        params: dict[str, Any] = {"orgId": 1, "panelId": panel["id"], "from": int(start * 1000),
-                                  "to": int(end * 1000), "width": width, "height": height, "tz": "UTC"}
+        params: dict[str, Any] = {"orgId": 1, "panelId": panel["id"], "from": round(start * 1000),
+                                  "to": round(end * 1000), "width": width, "height": height, "tz": "UTC"}
         params.update({f"var-{k}": v for k, v in variables.items() if v != ".*"})
         response = api.client.s.get(f"{base}/render/d-solo/{uid}/_", params=params, auth=api.client.auth,
                                     timeout=120)
@@ -366,6 +366,27 @@ def render_panels(api: Any, dashboard: Mapping[str, Any], start: float, end: flo
         path.write_bytes(response.content)
         paths.append(path)
     return paths
+
+
+def export_panel_images(uid: str, start: float, end: float, out_dir: Path, *, grafana_url: str | None = None,
+                        prometheus_url: str | None = None,
+                        variables: Mapping[str, str] | None = None) -> tuple[list[Path], str]:
+    """One PNG per panel of dashboard `uid`, for the envelope report: rendered by Grafana's image
+    renderer when Grafana answers, else drawn from Prometheus with matplotlib (panel_images).
+    Returns (paths, "grafana" or "prometheus")."""
+    dashboard = load_dashboard(uid)
+    values = variable_values(dashboard, variables)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    api = grafana_api(grafana_url or default_url("GRAFANA_PORT"))
+    if grafana_reachable(api) is None:
+        try:
+            return render_panels(api, dashboard, start, end, out_dir, values), "grafana"
+        except GrafanaRefused:
+            pass  # e.g. no image renderer: draw them instead
+    from loadgen.panel_images import draw_panels  # matplotlib only when needed
+
+    return draw_panels(dashboard, start, end, prometheus_url or default_url("PROMETHEUS_PORT"), out_dir,
+                       values), "prometheus"
 
 
 # --- command line ---------------------------------------------------------------------------------------
