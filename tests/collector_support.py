@@ -21,6 +21,7 @@ from typing import Any
 
 import requests
 from aiohttp import web
+from bench_proxy import free_port, stop_group, wait_ready  # the benchmark's process helpers, shared
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,48 +31,23 @@ if not PYTHON.exists():
     PYTHON = Path(sys.executable)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
 @contextmanager
 def collector_process(upstream: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """The real collector (python -m collector) on a free port; yields its base URL."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COLLECTOR_"))}
     environ.update(env or {})
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # not bench_proxy.running: a failed start shows the collector's stderr
         [str(PYTHON), "-m", "collector", "--upstream", upstream, "--host", "127.0.0.1", "--port", str(port),
          *args],
-        cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/metrics", 30, process)
+        wait_ready(url + "/metrics", process, 30, "collector")
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_group(process)
         if process.stderr is not None:
             process.stderr.close()
 

@@ -12,20 +12,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
+from bench_proxy import StartError, free_port, running
 
 import native_stack
-from tests.collector_support import (
-    OtlpReceiver,
-    ReceivedSpan,
-    collector_process,
-    free_port,
-    read_stream,
-    wait_http,
-)
+from tests.collector_support import OtlpReceiver, ReceivedSpan, collector_process, read_stream
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.stack
@@ -46,34 +39,21 @@ def private(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     settings = {**stack.settings, "VLLM_PORT": str(free_port())}
     vllm_service = next(s for s in native_stack.services(settings) if s.name == "vllm")
     log = tmp_path_factory.mktemp("private-vllm") / "vllm.log"
+    url = f"http://127.0.0.1:{settings['VLLM_PORT']}"
     with OtlpReceiver() as receiver:
         env = {**os.environ, **vllm_service.env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": "vllm"}
         command = [*native_stack.vllm_command(settings), "--otlp-traces-endpoint", receiver.endpoint]
-        with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                       cwd=native_stack.ROOT, start_new_session=True)
-        url = f"http://127.0.0.1:{settings['VLLM_PORT']}"
+        collector_env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "200"}
         try:
-            try:
-                wait_http(url + "/health", 420, process)
-            except (TimeoutError, RuntimeError) as error:
-                pytest.fail(f"private vLLM did not start: {error}; {Path(log).read_text()[-800:]}")
-            collector_env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
-                             "OTEL_BSP_SCHEDULE_DELAY": "200"}
-            with collector_process(url, env=collector_env) as collector:
+            with (running(command, env, log, url + "/health", 420, "private vLLM") as process,
+                  collector_process(url, env=collector_env) as collector):
                 yield Private(url, collector, stack.model, receiver, process)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+        except StartError as error:
+            pytest.fail(f"{error}: {log.read_text()[-800:]}")
 
 
-def running(private: Private) -> float:
+def requests_running(private: Private) -> float:
     text = requests.get(private.vllm + "/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("vllm:num_requests_running{"))
@@ -109,7 +89,7 @@ def test_collector_and_vllm_spans_share_one_trace(private: Private) -> None:
 
 
 def test_client_disconnect_frees_the_vllm_sequence_within_1s(private: Private) -> None:
-    assert running(private) == 0
+    assert requests_running(private) == 0
     host, port = private.collector.removeprefix("http://").rsplit(":", 1)
     body = (b'{"model": "%s", "prompt": "x", "max_tokens": 900, "ignore_eos": true, "stream": true}'
             % private.model.encode())
@@ -117,9 +97,9 @@ def test_client_disconnect_frees_the_vllm_sequence_within_1s(private: Private) -
         client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         assert client.recv(65536).startswith(b"HTTP/1.1 200")  # the head comes with the first token
-        assert running(private) == 1
+        assert requests_running(private) == 1
     closed = time.monotonic()
-    while running(private) != 0:
+    while requests_running(private) != 0:
         assert time.monotonic() - closed < 1.0, "vLLM still runs the request 1 s after the client left"
         time.sleep(0.05)
 

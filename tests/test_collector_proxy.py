@@ -15,10 +15,11 @@ import psutil
 import pytest
 import requests
 from aiohttp import web
+from bench_proxy import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.collector_support import collector_process, free_port, metric_samples, metric_sum, read_stream, serve_app
+from tests.collector_support import collector_process, metric_samples, metric_sum, read_stream, serve_app
 
 MODEL = "scripted-model"
 
