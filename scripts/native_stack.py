@@ -146,6 +146,15 @@ def alertmanager_command(s: dict[str, str]) -> list[str]:
     ]
 
 
+def alert_webhook_command(s: dict[str, str]) -> list[str]:
+    # Alertmanager's default receiver (prometheus/alertmanager.yml): logs each notification.
+    return [
+        str(APP_PYTHON), str(ROOT / "scripts" / "alert_webhook.py"),
+        "--host", s["BIND_ADDRESS"],
+        "--port", s["ALERT_WEBHOOK_PORT"],
+    ]
+
+
 def node_exporter_command(s: dict[str, str]) -> list[str]:
     return [
         "prometheus-node-exporter",
@@ -170,6 +179,8 @@ def services(s: dict[str, str]) -> list[Service]:
         Service("vllm", int(s["VLLM_PORT"]), "/health", vllm_command, str(VLLM_PYTHON), vllm_env, 420.0),
         Service("node-exporter", int(s["NODE_EXPORTER_PORT"]), "/metrics", node_exporter_command,
                 "prometheus-node-exporter"),
+        Service("alert-webhook", int(s["ALERT_WEBHOOK_PORT"]), "/healthz", alert_webhook_command,
+                str(APP_PYTHON)),
         Service("alertmanager", int(s["ALERTMANAGER_PORT"]), "/-/ready", alertmanager_command,
                 "prometheus-alertmanager"),
         Service("prometheus", int(s["PROMETHEUS_PORT"]), "/-/ready", prometheus_command, "prometheus"),

@@ -3,8 +3,9 @@
 Two extra Prometheus servers run the repo's prometheus.yml and rules against the shared live vLLM,
 each from a temp copy that differs only in one number: `envelope:ttft_p95_seconds:threshold` is
 1 ms in the "low" copy and the shipped value in the "normal" one. Both send to an extra
-Alertmanager running the repo's alertmanager.yml, whose webhook receiver is a small HTTP server this
-test runs on 127.0.0.1. Real streaming load from k6 (bounded: a few VUs for 25 s) goes to vLLM.
+Alertmanager running the repo's alertmanager.yml, whose webhook receiver is the repo's receiver
+(scripts/alert_webhook.py, the one native mode runs) serving in this test on 127.0.0.1. Real
+streaming load from k6 (bounded: 4 VUs for 25 s) goes to vLLM.
 
 Changed in the temp copies to keep the test short (and the same in both): scrape and evaluation
 interval 2 s instead of 5 s, the alert's `for:` 6 s instead of 2 m (promtool's unit tests cover the
@@ -13,7 +14,6 @@ real `for:`), and an external label `variant` to tell the two servers' alerts ap
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -22,10 +22,10 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import alert_webhook
 import pytest
 import requests
 import yaml
@@ -74,25 +74,19 @@ class Webhook:
 
 @pytest.fixture
 def webhook() -> Iterator[Webhook]:
-    received: list[dict[str, Any]] = []
-    lock = threading.Lock()
+    """The repo's default receiver (scripts/alert_webhook.py), in-process on a free port."""
+    hook = Webhook("")
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with lock:
-                received.append(body)
-            self.send_response(200)
-            self.end_headers()
+    def keep(body: dict[str, Any]) -> None:
+        with hook.lock:
+            hook.notifications.append(body)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = alert_webhook.make_server("127.0.0.1", 0, keep)
+    hook.url = f"127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield Webhook(f"127.0.0.1:{server.server_address[1]}", received, lock)
+        yield hook
     finally:
         server.shutdown()
         server.server_close()
@@ -247,19 +241,21 @@ def test_p95_ttft_alert_reaches_the_webhook_only_over_threshold(
         assert f"p95 time to first token of {stack.model} is " in alert["annotations"]["description"]
         assert alert["annotations"]["description"].endswith("above the 1ms threshold.")
 
-        # Normal threshold: same load, same rules, the p95 stayed under it, so nothing fired or
-        # even went pending during the whole run.
+        # Normal threshold: same load, same rules. Under this test's load alone the p95 stays well
+        # under it, so nothing fires or even goes pending during the whole run. If other load on the
+        # shared vLLM pushed the p95 over it meanwhile, the alert must have seen that instead.
         window = f"{int(time.monotonic() - started) + 10}s"
         p95 = instant(normal, f"max_over_time(model_name:vllm_time_to_first_token_seconds:p95_rate1m"
                               f'{{model_name="{stack.model}"}}[{window}])')
         assert p95, "the normal-threshold Prometheus recorded no TTFT p95 (no load seen?)"
         observed = float(p95[0]["value"][1])
-        assert observed < normal_threshold, (
-            f"p95 TTFT reached {observed:.2f} s on the shared vLLM (other load at the same time?): "
-            "the silence check needs it under the threshold")
-        assert instant(normal, f'count_over_time(ALERTS{{alertname="{ALERT}"}}[{window}])') == []
-        assert webhook.alerts("normal") == []
-        print(f"\n{ALERT}: webhook received it {delivered_after:.1f} s after the load started; "
-              f"p95 TTFT peaked at {observed * 1000:.0f} ms (normal threshold {normal_threshold:g} s stayed silent)")
+        seen = instant(normal, f'count_over_time(ALERTS{{alertname="{ALERT}"}}[{window}])')
+        if observed < normal_threshold:
+            assert seen == [], f"alert went pending/firing although p95 peaked at {observed:.3f} s"
+            assert webhook.alerts("normal") == []
+        else:
+            assert seen, f"p95 reached {observed:.1f} s (other load on the shared vLLM) but no alert went pending"
+        print(f"\n{ALERT}: webhook received it {delivered_after:.1f} s after the load started; p95 TTFT "
+              f"peaked at {observed * 1000:.0f} ms against the normal {normal_threshold:g} s threshold")
     finally:
         processes.stop()
