@@ -45,7 +45,7 @@ SETTLE_S = 12.0
 K6_SCRIPT = """
 import http from 'k6/http';
 import { sleep } from 'k6';
-export const options = { vus: 2, duration: '4s' };
+export const options = { vus: 2, duration: '12s' };
 const url = `${__ENV.TARGET}/v1/chat/completions`;
 const params = { headers: { 'Content-Type': 'application/json' }, timeout: '30s' };
 export default function () {
@@ -85,7 +85,7 @@ def run_k6(stack: Stack, run_id: str, work: Path) -> None:
            "K6_PROMETHEUS_RW_TREND_STATS": "p(50),p(95),p(99),max", "K6_PROMETHEUS_RW_PUSH_INTERVAL": "1s",
            "K6_PROMETHEUS_RW_STALE_MARKERS": "true"}
     done = subprocess.run(
-        [str(k6), "run", "--quiet", "-o", "experimental-prometheus-rw", "--tag", f"run={run_id}",
+        [str(k6), "run", "--quiet", "--address", "", "-o", "experimental-prometheus-rw", "--tag", f"run={run_id}",
          "--tag", "step=1", str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
@@ -170,7 +170,7 @@ def test_sweep_step_annotation_marks_the_k6_run(load_run: LoadRun) -> None:
                                run_variables(load_run, dashboard))["Sweep steps (k6)"]
     mine = [e for e in events if "step:1" in e["tags"]]
     assert mine and all(e["title"] == "step 1" for e in mine)
-    assert any(e["timeEnd"] > e["time"] for e in mine), "a 4 s k6 run should show as a region"
+    assert any(e["timeEnd"] > e["time"] for e in mine), "a 12 s k6 run should show as a region"
 
 
 def test_every_template_variable_lists_values(load_run: LoadRun) -> None:
@@ -211,3 +211,26 @@ def _all_exprs(dashboard: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     for var in dashboard["templating"]["list"]:
         # label_values(SELECTOR, label): the selector is PromQL.
         yield dashboard["uid"], var["name"], var["query"]["query"].removeprefix("label_values(").rsplit(",", 1)[0]
+
+
+def test_latency_exemplars_carry_the_trace_id_label_grafana_links(load_run: LoadRun) -> None:
+    """Grafana asks /api/v1/query_exemplars with the panel's query and links each exemplar's label
+    named in exemplarTraceIdDestinations to the trace datasource: that label must be there.
+    (The collector attaches exemplars to TTFT, TPOT and e2e; ITL is observed per chunk, without.)"""
+    import yaml
+
+    sources = yaml.safe_load((ROOT / "grafana/provisioning/datasources/datasources.yaml").read_text())
+    link = next(ds for ds in sources["datasources"] if ds["uid"] == "prometheus")["jsonData"]
+    trace_label = link["exemplarTraceIdDestinations"][0]["name"]
+    serving = next(d for d in dashboards() if d["uid"] == "serving")
+    window = Window.for_range(load_run.start, load_run.end, 5)
+    variables = run_variables(load_run, serving)
+    for short in ("TTFT", "TPOT", "E2E latency"):
+        panel = next(p for p in iter_panels(serving) if p["title"] == f"{short} p50/p95/p99 (collector)")
+        target = next(t for t in panel["targets"] if t["exemplar"])
+        params: dict[str, Any] = {"query": expand(target["expr"], variables, window),
+                                  "start": load_run.start, "end": load_run.end}
+        found = requests.get(f"{load_run.prometheus}/api/v1/query_exemplars", params=params, timeout=10).json()
+        exemplars = [e for series in found["data"] for e in series["exemplars"]]
+        assert exemplars, f"{panel['title']}: no exemplars"
+        assert all(re.fullmatch(r"[0-9a-f]{32}", e["labels"].get(trace_label, "")) for e in exemplars)
