@@ -286,3 +286,15 @@ def test_provider_path_is_where_compose_mounts_the_dashboards() -> None:
     assert mounts.get("grafana/dashboards") == provider["options"]["path"]
     assert mounts.get("grafana/provisioning") == "/etc/grafana/provisioning"
     assert all(v.endswith(":ro") for v in grafana["volumes"] if v.startswith("../grafana"))
+
+
+def test_panels_fit_the_grid_without_overlapping() -> None:
+    for model in dashboards():
+        taken: set[tuple[int, int]] = set()
+        for panel in model["panels"]:
+            pos = panel["gridPos"]
+            assert pos["x"] >= 0 and pos["w"] > 0 and pos["x"] + pos["w"] <= 24, panel["title"]
+            cells = {(x, y) for x in range(pos["x"], pos["x"] + pos["w"])
+                     for y in range(pos["y"], pos["y"] + pos["h"])}
+            assert not cells & taken, f"{model['uid']}/{panel['title']} overlaps another panel"
+            taken |= cells
