@@ -7,8 +7,13 @@ status/error type/finish reason are small closed sets.
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # OpenTelemetry GenAI advice (gen_ai.server.time_to_first_token) refined: 1 ms .. 10 s, plus
 # a tail to 60 s so a queueing server's TTFT stays inside the buckets.
@@ -45,10 +50,11 @@ class Metrics:
             "collector_time_to_first_token_seconds",
             "Time from the request reaching the collector to the first chunk with generated content.",
             REQUEST_LABELS, buckets=TTFT_BUCKETS, registry=r)
-        self.inter_token_latency = Histogram(
+        self.inter_token_latency = LoopHistogram(
             "collector_inter_token_latency_seconds",
             "Time between consecutive streamed chunks with generated content, as the client receives them.",
-            REQUEST_LABELS, buckets=TOKEN_LATENCY_BUCKETS, registry=r)
+            REQUEST_LABELS, TOKEN_LATENCY_BUCKETS)
+        r.register(self.inter_token_latency)
         self.time_per_output_token = Histogram(
             "collector_time_per_output_token_seconds",
             "Per request: (end-to-end - TTFT) / (output tokens - 1).",
@@ -97,3 +103,50 @@ def finish_reason_label(reason: str | None) -> str:
     if not reason:
         return ""
     return reason if reason in FINISH_REASONS else "other"
+
+
+class LoopHistogramChild:
+    """One label set's buckets: plain counters, no lock (see LoopHistogram)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class LoopHistogram(Collector):
+    """A histogram for the per-chunk hot path: ~10x cheaper than prometheus_client's, which takes two
+    locks per observation. Safe because every observation and every scrape runs on the one event loop
+    thread. No exemplars (per-request histograms carry those)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 buckets: Sequence[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = tuple(buckets)
+        self.children: dict[tuple[str, ...], LoopHistogramChild] = {}
+
+    def labels(self, *values: str) -> LoopHistogramChild:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = LoopHistogramChild(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self.children.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), child.counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(cumulative)))
+            family.add_metric(list(values), buckets, child.sum)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)

@@ -274,18 +274,9 @@ class Proxy:
 
     async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                             exchange: Exchange, strip_usage: bool) -> web.StreamResponse:
-        itl = self.metrics.inter_token_latency.labels(exchange.model, exchange.operation)
-        last_chunk: list[float] = []
-
-        def on_token_chunk(now: float, chunks: int) -> None:
-            previous = last_chunk[0] if last_chunk else scanner.first_token_at or now
-            itl.observe(now - previous)
-            for _ in range(chunks - 1):
-                itl.observe(0.0)  # arrived together: the client saw no gap between them
-            last_chunk[:] = [now]
-
-        scanner = StreamScanner(chat=exchange.operation == "chat", strip_usage=strip_usage,
-                                capture_content=self.settings.capture_content, on_token_chunk=on_token_chunk)
+        scanner = StreamScanner(
+            chat=exchange.operation == "chat", strip_usage=strip_usage, capture_content=self.settings.capture_content,
+            observe_gap=self.metrics.inter_token_latency.labels(exchange.model, exchange.operation).observe)
         streams = self.metrics.streams_in_flight.labels(exchange.operation)
         streams.inc()
         try:
@@ -307,7 +298,7 @@ class Proxy:
         upstream_failed = False
         content = upstream.content
         try:
-            while True:
+            while response is None:
                 try:
                     data = await content.readany()
                 except (aiohttp.ClientError, TimeoutError):
@@ -316,10 +307,6 @@ class Proxy:
                 if not data:
                     break
                 out = scanner.feed(data, time.perf_counter())
-                if response is not None:
-                    if out:
-                        await response.write(out)
-                    continue
                 if scanner.error is not None:
                     return self._stream_error_before_first_token(exchange, scanner.error)
                 if out:
@@ -330,16 +317,14 @@ class Proxy:
                                                                    exchange.ttft})
                     response = await self._open_stream(request, upstream, held)
                     held = []
+            if response is not None:
+                upstream_failed = await self._relay_tokens(content, scanner, response)
             rest = scanner.flush()
-            if rest:
-                held.append(rest)
             if response is None:
                 if upstream_failed or not (scanner.done or scanner.finish_reasons):
                     return self._reject(exchange, 502, "upstream closed the stream before the first token",
                                         errors.UPSTREAM_DISCONNECTED)
-                if scanner.error is not None:
-                    return self._stream_error_before_first_token(exchange, scanner.error)
-                response = await self._open_stream(request, upstream, held)
+                response = await self._open_stream(request, upstream, [*held, rest])
             elif rest:
                 await response.write(rest)
             if upstream_failed or not (scanner.done or scanner.finish_reasons):
@@ -360,12 +345,30 @@ class Proxy:
             upstream.close()
             raise
 
+    @staticmethod
+    async def _relay_tokens(content: aiohttp.StreamReader, scanner: StreamScanner,
+                            response: web.StreamResponse) -> bool:
+        """The hot loop after the first token: one read, one scan, one write per upstream chunk.
+        Returns True when the upstream failed. A client write failure propagates (ConnectionError)."""
+        feed, write, clock = scanner.feed, response.write, time.perf_counter
+        while True:
+            try:
+                data = await content.readany()
+            except (aiohttp.ClientError, TimeoutError):
+                return True
+            if not data:
+                return False
+            out = feed(data, clock())
+            if out:
+                await write(out)
+
     async def _open_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                            held: list[bytes]) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=response_headers(upstream.headers))
         await response.prepare(request)
-        if held:
-            await response.write(held[0] if len(held) == 1 else b"".join(held))
+        first = held[0] if len(held) == 1 else b"".join(held)
+        if first:
+            await response.write(first)
         return response
 
     def _stream_error_before_first_token(self, exchange: Exchange, error: dict[str, Any]) -> web.Response:

@@ -31,7 +31,8 @@ class StreamScanner:
     chat: bool
     strip_usage: bool
     capture_content: bool = False
-    on_token_chunk: Callable[[float, int], None] | None = None  # (arrival time, content chunks)
+    # Called with each inter-token gap (seconds): chunks arriving in one read get the gap, then 0.0s.
+    observe_gap: Callable[[float], None] | None = None
 
     first_token_at: float | None = None
     usage: dict[str, Any] | None = None
@@ -43,6 +44,7 @@ class StreamScanner:
     content_chunks: int = 0
     completion_text: list[str] = field(default_factory=list)
     _pending: bytes = b""
+    _last_token_at: float = 0.0
 
     def feed(self, data: bytes, now: float) -> bytes:
         """Bytes to forward to the client now (whole events), from the next upstream read."""
@@ -75,8 +77,7 @@ class StreamScanner:
         chunks = buf.count(CHAT_CHUNK_KEY if self.chat else COMPLETION_CHUNK_KEY)
         if chunks:
             self.content_chunks += chunks
-            if self.on_token_chunk is not None:
-                self.on_token_chunk(now, chunks)
+            self._gaps(now, chunks)
         if FINISH_KEY in buf:
             self._note_finish_reasons(buf)
         if USAGE_KEY in buf:
@@ -87,6 +88,14 @@ class StreamScanner:
         if DONE in buf:
             self.done = True
         return buf
+
+    def _gaps(self, now: float, chunks: int) -> None:
+        observe = self.observe_gap
+        if observe is not None:
+            observe(now - self._last_token_at)
+            for _ in range(chunks - 1):
+                observe(0.0)  # arrived together: the client saw no gap between them
+        self._last_token_at = now
 
     def _note_finish_reasons(self, buf: bytes) -> None:
         at = buf.find(FINISH_KEY)
@@ -136,8 +145,8 @@ class StreamScanner:
         # The first token is timed as TTFT; inter-token latency starts after it.
         if before_first and self.first_token_at is not None:
             chunks -= 1
-        if chunks > 0 and self.on_token_chunk is not None:
-            self.on_token_chunk(now, chunks)
+        if chunks > 0:
+            self._gaps(now, chunks)
         if not changed:
             return buf
         return b"".join(raw + EVENT_END for raw in kept)
@@ -170,7 +179,7 @@ class StreamScanner:
         if generated:
             self.content_chunks += 1
             if self.first_token_at is None:
-                self.first_token_at = now
+                self.first_token_at = self._last_token_at = now
         return generated
 
     def _choice_text(self, choice: dict[str, Any]) -> str:

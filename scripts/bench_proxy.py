@@ -228,14 +228,16 @@ class Bench:
 
 
 def median_of(rounds: list[Round], value: str) -> float:
+    """The median over rounds of tok/s or a TTFT quantile (ms); CPU per 1,000 tokens is pooled over
+    the rounds instead, as one round's CPU time is near the clock-tick resolution at low concurrency."""
+    if value == "cpu":
+        tokens = sum(r.tokens for r in rounds)
+        return sum(r.proxy_cpu for r in rounds) / tokens * 1000 if tokens else float("nan")
+
     def pick(r: Round) -> float:
         if value == "tok/s":
             return r.tokens / r.wall
-        if value == "ttft p50":
-            return r.ttft_quantile(0.5) * 1000
-        if value == "ttft p99":
-            return r.ttft_quantile(0.99) * 1000
-        return r.proxy_cpu / r.tokens * 1000 if r.tokens else float("nan")
+        return r.ttft_quantile(0.5 if value == "ttft p50" else 0.99) * 1000
     return statistics.median(pick(r) for r in rounds)
 
 

@@ -43,12 +43,12 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 def test_one_event_per_read_is_forwarded_without_change_and_metered() -> None:
-    chunks: list[tuple[float, int]] = []
-    scanner = StreamScanner(chat=True, strip_usage=False, on_token_chunk=lambda t, n: chunks.append((t, n)))
+    gaps: list[float] = []
+    scanner = StreamScanner(chat=True, strip_usage=False, observe_gap=gaps.append)
     out = run(scanner, CHAT_STREAM)
     assert out == b"".join(CHAT_STREAM)
     assert scanner.first_token_at == 2.0  # the role chunk (read 1) carries no generated text
-    assert chunks == [(3.0, 1), (4.0, 1)]  # inter-token gaps start after the first token
+    assert gaps == [1.0, 1.0]  # inter-token gaps start after the first token (reads 3 and 4)
     assert scanner.usage == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     assert scanner.finish_reasons == ["length"]
     assert scanner.done and scanner.error is None
@@ -108,8 +108,10 @@ def test_unterminated_bytes_are_bounded() -> None:
        capture=st.booleans())
 def test_any_split_of_the_stream_gives_the_same_result(cuts: list[int], strip: bool, capture: bool) -> None:
     data = b"".join(CHAT_STREAM)
-    scanner = StreamScanner(chat=True, strip_usage=strip, capture_content=capture)
+    gaps: list[float] = []
+    scanner = StreamScanner(chat=True, strip_usage=strip, capture_content=capture, observe_gap=gaps.append)
     out = run(scanner, split(data, cuts))
+    assert len(gaps) == 2 and min(gaps) >= 0  # three content chunks: two gaps, however they arrived
     expected = data.replace(USAGE, b"") if strip else data
     assert out == expected
     assert scanner.usage == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
