@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -57,6 +58,19 @@ def make_server(host: str, port: int, on_notification: Callable[[Notification], 
             pass  # one line per notification is the log; no access log
 
     return ThreadingHTTPServer((host, port), Handler)
+
+
+@contextmanager
+def running(host: str, port: int, on_notification: Callable[[Notification], None]) -> Iterator[ThreadingHTTPServer]:
+    """The receiver serving in a background thread for the `with` block (tests run it this way)."""
+    server = make_server(host, port, on_notification)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def print_notification(body: Notification) -> None:

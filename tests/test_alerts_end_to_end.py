@@ -81,15 +81,9 @@ def webhook() -> Iterator[Webhook]:
         with hook.lock:
             hook.notifications.append(body)
 
-    server = alert_webhook.make_server("127.0.0.1", 0, keep)
-    hook.url = f"127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with alert_webhook.running("127.0.0.1", 0, keep) as server:
+        hook.url = f"127.0.0.1:{server.server_address[1]}"
         yield hook
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,14 +31,8 @@ NOTIFICATION = {
 @pytest.fixture
 def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     got: list[dict[str, Any]] = []
-    server = alert_webhook.make_server("127.0.0.1", 0, got.append)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with alert_webhook.running("127.0.0.1", 0, got.append) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}", got
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_accepts_an_alertmanager_notification(receiver: tuple[str, list[dict[str, Any]]]) -> None:
