@@ -8,9 +8,10 @@ panels. So this runs every panel's queries against Prometheus itself (as Grafana
 template variables and $__rate_interval substituted), puts the results into each panel's
 `snapshotData`, posts that with grafana-client, and fetches each panel as PNG through the image
 renderer (/render/d-solo/...). DIR always receives `snapshot.json` (the payload; importable later).
+Without Grafana (native mode) the panels are drawn from Prometheus with matplotlib instead.
 
 Exit codes: 0 done; 2 bad input (unknown dashboard, bad time or variable); 3 Grafana not reachable
-(snapshot.json written, nothing posted); 4 Prometheus not reachable; 5 Grafana refused (credentials,
+(snapshot.json and matplotlib PNGs written, nothing posted); 4 Prometheus not reachable; 5 Grafana refused (credentials,
 image renderer missing).
 """
 
@@ -453,8 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     api = grafana_api(args.grafana_url)
     why = grafana_reachable(api)
     if why is not None:
-        print(f"Grafana not reachable at {args.grafana_url} ({why}): wrote {args.out / 'snapshot.json'}, "
-              "posted nothing", file=sys.stderr)
+        from loadgen.panel_images import draw_panels  # matplotlib only when needed
+
+        drawn = draw_panels(dashboard, start, end, args.prometheus_url, args.out, variables)
+        print(f"Grafana not reachable at {args.grafana_url} ({why}): posted nothing; wrote snapshot.json and "
+              f"{len(drawn)} panel PNGs drawn from Prometheus to {args.out}", file=sys.stderr)
         return EXIT_NO_GRAFANA
     try:
         created = post_snapshot(api, payload)

@@ -275,6 +275,10 @@ def test_cli_without_grafana_says_so_in_one_line_and_keeps_the_payload(
     assert err.count("\n") == 1 and err.startswith("Grafana not reachable at http://127.0.0.1:"), err
     payload = json.loads((tmp_path / "snapshot.json").read_text())
     assert all("snapshotData" in p for p in gs.iter_panels(payload["dashboard"]))
+    drawn = sorted(tmp_path.glob("serving-*.png"))
+    assert len(drawn) == len(payload["dashboard"]["panels"]) - sum(
+        p["type"] == "row" for p in payload["dashboard"]["panels"])
+    assert f"{len(drawn)} panel PNGs drawn from Prometheus" in err
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
