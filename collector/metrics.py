@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -44,6 +44,8 @@ class Metrics:
     """All collector metrics, in their own registry (so tests can run several proxies)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # *_created series would double the series count in the text format for no use here.
+        disable_created_metrics()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.time_to_first_token = Histogram(
