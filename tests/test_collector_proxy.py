@@ -19,7 +19,7 @@ from bench_proxy import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.collector_support import collector_process, metric_samples, metric_sum, read_stream, serve_app
+from tests.collector_support import OtlpReceiver, collector_process, metric_samples, metric_sum, read_stream, serve_app
 
 MODEL = "scripted-model"
 
@@ -310,3 +310,21 @@ def test_slow_client_memory_stays_bounded(upstream: tuple[Scripted, str], proxy:
     # 200 MB wanted out; backpressure stops the upstream after socket buffers' worth.
     assert relayed < 32 * 1024 * 1024, relayed
     assert rss_growth < 32 * 1024 * 1024, rss_growth
+
+
+def test_content_is_recorded_in_spans_only_with_the_opt_in(upstream: tuple[Scripted, str]) -> None:
+    for capture in ("false", "true"):
+        with OtlpReceiver() as receiver, collector_process(upstream[1], env={
+                "COLLECTOR_CAPTURE_CONTENT": capture, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.endpoint,
+                "OTEL_BSP_SCHEDULE_DELAY": "100"}) as url:
+            assert read_stream(url + "/v1/chat/completions", ask("ok")).status == 200
+            spans = receiver.wait_for(lambda s: s.service == "collector", 20)
+            assert len(spans) == 1
+            attributes = spans[0].attributes
+            assert attributes["gen_ai.operation.name"] == "chat" and attributes["gen_ai.usage.output_tokens"] == 2
+            if capture == "true":
+                assert attributes["gen_ai.output.messages"] == "Hello world"
+                assert json.loads(attributes["gen_ai.input.messages"]) == ask("ok")["messages"]
+            else:
+                assert "gen_ai.output.messages" not in attributes and "gen_ai.input.messages" not in attributes
+                assert "Hello" not in str(attributes)
