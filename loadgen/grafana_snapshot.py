@@ -255,6 +255,20 @@ def data_frame(series: Series) -> dict[str, Any]:
     }
 
 
+def _overrides_by_name(overrides: list[dict[str, Any]], series: list[Series]) -> list[dict[str, Any]]:
+    """Overrides that match a query (byFrameRefID) rewritten to match its series by name: Grafana 11
+    drops the refId when it loads snapshotData, and the threshold lines would lose their style."""
+    rewritten = []
+    for override in overrides:
+        matcher = override.get("matcher", {})
+        if matcher.get("id") != "byFrameRefID":
+            rewritten.append(override)
+            continue
+        names = sorted({s.name for s in series if s.ref_id == matcher.get("options")})
+        rewritten += [{**override, "matcher": {"id": "byName", "options": name}} for name in names]
+    return rewritten
+
+
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
@@ -267,7 +281,9 @@ def build_snapshot_payload(dashboard: Mapping[str, Any], series_by_panel: Mappin
 
     As Grafana's own "Share > Snapshot" does, queries and datasource references are removed (a
     snapshot shows only what it stores), template variables are frozen to the values used, and
-    annotation queries are replaced by the events they returned."""
+    annotation queries are replaced by the events they returned. Series names travel in each
+    field's config.displayNameFromDS, which Grafana 11 keeps when it converts snapshotData (it
+    drops labels and refIds)."""
     model = copy.deepcopy(dict(dashboard))
     model.pop("id", None)
     model["uid"] = None  # the snapshot gets its own key; the dashboard's uid stays with the dashboard
@@ -282,6 +298,9 @@ def build_snapshot_payload(dashboard: Mapping[str, Any], series_by_panel: Mappin
         panel["targets"] = []
         panel["datasource"] = None
         panel["links"] = []
+        if "fieldConfig" in panel:
+            panel["fieldConfig"]["overrides"] = _overrides_by_name(panel["fieldConfig"].get("overrides", []),
+                                                                   series_by_panel[panel["id"]])
     for var in model.get("templating", {}).get("list", []):
         value = (variables or {}).get(var["name"], var.get("allValue") or ".*")
         current = {"text": value, "value": value, "selected": True}

@@ -326,3 +326,18 @@ def test_report_images_come_from_grafana_when_it_answers_else_from_prometheus(
                                            prometheus_url=stack.prometheus)
     assert source == "prometheus" and len(drawn) == len(rendered)
     assert all(p.read_bytes().startswith(PNG_MAGIC) and p.read_bytes() != stand_in_grafana.png for p in drawn)
+
+
+@pytest.mark.stack
+def test_threshold_line_style_survives_grafana_11_dropping_ref_ids(stack: Stack) -> None:
+    end = time.time()
+    dashboard = gs.load_dashboard("serving")
+    panel = next(p for p in gs.iter_panels(dashboard) if p["title"] == "KV cache usage")
+    results = gs.query_panels({"panels": [panel], "templating": dashboard["templating"]}, end - WINDOW_S, end,
+                              stack.prometheus)
+    payload = gs.build_snapshot_payload({"title": "t", "panels": [panel]}, results, end - WINDOW_S, end)
+    snap = payload["dashboard"]["panels"][0]
+    assert panel["fieldConfig"]["overrides"][0]["matcher"] == {"id": "byFrameRefID", "options": "B"}
+    assert [o["matcher"] for o in snap["fieldConfig"]["overrides"]] == [{"id": "byName", "options": "threshold"}]
+    names = {f["fields"][1]["config"]["displayNameFromDS"] for f in snap["snapshotData"]}
+    assert names == {"KV cache used", "threshold"}
