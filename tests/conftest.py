@@ -1,8 +1,8 @@
 """Shared fixtures. `stack` is the live native stack: real vLLM (CPU build), Prometheus,
 Alertmanager, node exporter and the collector, on 127.0.0.1.
 
-The suite brings the stack up itself and stops it at the end; a stack that was already
-running (a developer's) is reused and left running.
+The suite starts whatever part of the stack is not running and stops exactly that part at the
+end; services that were already running (a developer's stack) are reused and left running.
 """
 
 from __future__ import annotations
@@ -61,10 +61,11 @@ def settings() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def stack(settings: dict[str, str]) -> Iterator[Stack]:
-    already = all(native_stack.recorded_pid(svc.name) is not None for svc in native_stack.services(settings))
-    if not already:
+    # Start only what is not running; stop only what this session started.
+    missing = [svc.name for svc in native_stack.services(settings) if native_stack.recorded_pid(svc.name) is None]
+    if missing:
         try:
-            native_stack.up(settings)
+            native_stack.up(settings, only=missing)
         except native_stack.StackError as error:
             pytest.fail(f"native stack did not start: {error}")
     host = settings["BIND_ADDRESS"]
@@ -83,5 +84,5 @@ def stack(settings: dict[str, str]) -> Iterator[Stack]:
             model=settings["NATIVE_SERVED_MODEL_NAME"],
         )
     finally:
-        if not already:
-            native_stack.down(settings)
+        for name in reversed(missing):
+            native_stack.stop(name)
