@@ -511,7 +511,10 @@ def loadgen_plan(name: str, *, prompt_words: int, max_tokens: int, steps: list[i
     plan: dict[str, Any] = {
         "name": name,
         "profile": {"name": f"{name}-profile", "prompt_words": prompt_words, "max_tokens": max_tokens},
-        "steps": steps, "search": search, "warmup_s": warmup_s, "steady_s": steady_s, "request_timeout_s": 180,
+        # max_steady_s = steady_s: a fixed step length, like the peers' (loadgen otherwise lengthens the
+        # steady window for long answers).
+        "steps": steps, "search": search, "warmup_s": warmup_s, "steady_s": steady_s, "max_steady_s": steady_s,
+        "request_timeout_s": 180,
         "stop": {"error_ratio": 0.05, "slo_broken_steps": 1, "min_host_mem_available_gib": 2},
     }
     if slo:
@@ -665,11 +668,9 @@ def parse_guidellm_goodput(report: dict[str, Any]) -> dict[str, Any]:
     benchmarks = report.get("benchmarks") or []
     streams = [_dig(b, "config", "strategy", "streams") for b in benchmarks]
     attainment = [_num(_dig(b, "metrics", "slo_attainment")) for b in benchmarks]
-    search: dict[str, Any] = {}
-    for conclusion in report.get("conclusions") or []:
-        if isinstance(conclusion, dict) and "probes" in json.dumps(conclusion):
-            search = conclusion.get("conclusion", conclusion) if isinstance(conclusion.get("conclusion"), dict) \
-                else conclusion
+    # The goodput profile's conclusion is its search state: probes, bounds, stop reason.
+    search: dict[str, Any] = next((c for c in report.get("conclusions") or [] if isinstance(c, dict) and "probes" in c),
+                                  {})
     probes = search.get("probes") or []
     if probes:
         streams = [p.get("streams") for p in probes]

@@ -157,10 +157,10 @@ def test_loadgen_step_and_its_missing_steps() -> None:
 
 def test_guidellm_goodput_probes_from_the_search_conclusion() -> None:
     report = {"benchmarks": [{"config": {"strategy": {"streams": s}}} for s in (4, 8, 16, 12)],
-              "conclusions": [{"conclusion": {"probes": [
+              "conclusions": [{"probes": [
                   {"streams": 4, "attainment": 1.0}, {"streams": 8, "attainment": 1.0},
                   {"streams": 16, "attainment": 0.4}, {"streams": 12, "attainment": 0.97}],
-                  "best_passing_streams": 12, "lowest_failing_streams": 16, "stop_reason": "converged"}}]}
+                  "best_passing_streams": 12, "lowest_failing_streams": 16, "stop_reason": "converged"}]}
     g = bp.parse_guidellm_goodput(report)
     assert g["streams"] == [4, 8, 16, 12]
     assert (g["best_passing"], g["lowest_failing"], g["stop_reason"], g["count"]) == (12, 16, "converged", 4)
