@@ -32,6 +32,9 @@ RELAY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPT
 MAX_ERROR_BODY = 1 << 20
 MAX_ATTRIBUTE_CHARS = 256
 CLIENT_CLOSED_STATUS = 499  # nginx's convention: the client went away before the response ended
+# Events without generated content (role chunk, empty deltas) held before the first token: past this
+# the head is sent anyway, so a strange upstream cannot make the collector hold unbounded bytes.
+MAX_HELD_BYTES = 1 << 20
 
 
 @dataclass
@@ -295,6 +298,7 @@ class Proxy:
         """Relay the stream; the response head waits for the first token (so TTFB = TTFT)."""
         response: web.StreamResponse | None = None
         held: list[bytes] = []
+        held_bytes = 0
         upstream_failed = False
         content = upstream.content
         try:
@@ -311,10 +315,12 @@ class Proxy:
                     return self._stream_error_before_first_token(exchange, scanner.error)
                 if out:
                     held.append(out)
+                    held_bytes += len(out)
                 if scanner.first_token_at is not None:
                     exchange.ttft = scanner.first_token_at - exchange.started
                     exchange.span.add_event("gen_ai.first_token", {"gen_ai.response.time_to_first_chunk":
                                                                    exchange.ttft})
+                if scanner.first_token_at is not None or held_bytes > MAX_HELD_BYTES:
                     response = await self._open_stream(request, upstream, held)
                     held = []
             if response is not None:

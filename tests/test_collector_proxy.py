@@ -87,6 +87,10 @@ class Scripted:
                 assert request.transport is not None
                 request.transport.abort()
                 return response
+            elif script == "empty-deltas":
+                for _ in range(10_000):  # 1.5 MB of events without generated text
+                    await response.write(ROLE)
+                await asyncio.sleep(0.5)
             elif script == "hang":
                 await asyncio.sleep(60)
             elif script == "flood":
@@ -168,6 +172,14 @@ def test_response_head_waits_for_the_first_token(proxy: str) -> None:
     assert read.first_content - read.first_byte < 0.05
     ttft = metric_samples(proxy)
     assert metric_sum(ttft, "collector_time_to_first_token_seconds_count", model=MODEL) >= 1
+
+
+def test_bytes_held_before_the_first_token_are_bounded(proxy: str) -> None:
+    read = read_stream(proxy + "/v1/chat/completions", ask("empty-deltas"))
+    assert read.status == 200 and read.first_byte is not None and read.first_content is not None
+    # Past the bound the head went out before the first token (0.5 s later) rather than holding more.
+    assert read.first_content - read.first_byte > 0.3
+    assert len(read.events) == 1 + 10_000 + 3 and read.events[-1] == "[DONE]"
 
 
 def test_error_before_first_token_becomes_an_http_error(proxy: str) -> None:
