@@ -454,6 +454,9 @@ def parse_loadgen_step(results: dict[str, Any]) -> Reported:
     ttft_p50, e2e_p95 = _num(client.get("ttft_p50_s")), _num(client.get("e2e_p95_s"))
     notes = [] if results.get("ttfb_is_ttft", True) else ["k6 TTFB is not TTFT at this target (point it at the "
                                                           "collector)"]
+    own_check = _num(_dig(steps[0], "throughput_check", "client_over_vllm"))
+    if own_check is not None:
+        notes.append(f"loadgen's own cross-check against vLLM (Prometheus): client/vLLM = {own_check:.3f}")
     return Reported(output_tok_s=_num(client.get("output_tok_s")),
                     ttft_p50_ms=ttft_p50 * 1000 if ttft_p50 is not None else None,
                     e2e_p95_ms=e2e_p95 * 1000 if e2e_p95 is not None else None,
@@ -558,6 +561,12 @@ class ThroughputRow:
     @property
     def vllm_tok_s(self) -> float | None:
         return self.measured.window.tok_s if self.measured and self.measured.window else None
+
+    @property
+    def prompt_tokens_per_request(self) -> float | None:
+        """From vLLM's counters: shows whether every tool sent the same prompt length."""
+        w = self.measured.window if self.measured else None
+        return w.prompt_tokens / w.requests_finished if w and w.requests_finished else None
 
     @property
     def ratio(self) -> float | None:
@@ -811,15 +820,16 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 
 def throughput_table(rows: list[ThroughputRow]) -> str:
     lines = ["| tool | round | tok/s reported | tok/s vLLM counters | ratio | p50 TTFT ms | p95 e2e ms | "
-             "client CPU s | wall s | requests ok | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "client CPU s | wall s | requests ok | prompt tok/req (vLLM) | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r.measured
         note = "; ".join(filter(None, [r.error, other_traffic(r), *r.reported.notes]))
         lines.append(f"| {r.tool} | {r.round} | {_fmt(r.reported.output_tok_s)} | {_fmt(r.vllm_tok_s)} | "
                      f"{_fmt(r.ratio, '.3f')} | {_fmt(r.reported.ttft_p50_ms)} | {_fmt(r.reported.e2e_p95_ms)} | "
                      f"{_fmt(m.cpu_s if m else None, '.1f')} | {_fmt(m.wall_s if m else None)} | "
-                     f"{r.reported.requests_ok if r.reported.requests_ok is not None else '-'} | {note} |")
+                     f"{r.reported.requests_ok if r.reported.requests_ok is not None else '-'} | "
+                     f"{_fmt(r.prompt_tokens_per_request)} | {note} |")
     return "\n".join(lines)
 
 

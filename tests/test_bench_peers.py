@@ -148,9 +148,11 @@ def test_aiperf_export_and_its_retokenized_token_count_is_flagged() -> None:
 def test_loadgen_step_and_its_missing_steps() -> None:
     results = {"ttfb_is_ttft": True, "steps": [
         {"status": "done", "concurrency": 8, "client": {"output_tok_s": 512.0, "ttft_p50_s": 0.2, "e2e_p95_s": 1.5,
-                                                        "ok": 40}}]}
+                                                        "ok": 40},
+         "throughput_check": {"vllm_tok_s": 520.0, "client_tok_s": 510.0, "client_over_vllm": 0.981}}]}
     r = bp.parse_loadgen_step(results)
     assert (r.output_tok_s, r.ttft_p50_ms, r.e2e_p95_ms, r.requests_ok) == (512.0, 200.0, 1500.0, 40)
+    assert r.notes == ["loadgen's own cross-check against vLLM (Prometheus): client/vLLM = 0.981"]
     empty = bp.parse_loadgen_step({"steps": [], "missing": ["k6 crashed"]})
     assert empty.output_tok_s is None and "k6 crashed" in empty.notes[0]
 
@@ -212,6 +214,7 @@ def test_tables_carry_every_run_and_the_medians() -> None:
     every = bp.throughput_table(rows)
     assert every.count("\n") == 1 + 3
     assert "| vllm-bench | 2 | 410 | 400 | 1.025 |" in every
+    assert "| 30 | 133 |" in every  # requests ok, then vLLM's prompt tokens per request (4000 / 30)
     assert "not run: no loadgen" in every
     summary = bp.throughput_summary(rows)
     assert "| vllm-bench | 2 | 400 | 400 | 1.000 |" in summary
