@@ -5,7 +5,8 @@ can be cut out). In the common case an upstream read ends on an event boundary a
 forwarded as they are: no copy. Until the first token it parses each event (a handful of small
 ones); after it, it only counts and searches bytes (C-level `count`/`find`) and parses just the
 rare events it needs: the usage event, an error event, none else. JSON keys can be matched as bytes
-safely: inside a JSON string every quote is escaped, so `"usage":{` only ever matches a real key.
+safely: inside a JSON string every quote is escaped, so `"usage":` only ever matches a real key
+(compact or not: whitespace after the colon is skipped).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any
 
 EVENT_END = b"\n\n"
 DONE = b"data: [DONE]"
-USAGE_KEY = b'"usage":{'
-FINISH_KEY = b'"finish_reason":"'
-ERROR_KEY = b'{"error"'
-CHAT_CHUNK_KEY = b'"delta":{'
+USAGE_KEY = b'"usage":'
+FINISH_KEY = b'"finish_reason":'
+ERROR_KEY = b'"error":'
+CHAT_CHUNK_KEY = b'"delta":'
 COMPLETION_CHUNK_KEY = b'"text":'
+JSON_SPACE = b" \t\r\n"
 # An upstream that never ends an event must not make the scanner hold unbounded bytes.
 MAX_PENDING_BYTES = 1 << 20
 
@@ -83,8 +85,10 @@ class StreamScanner:
         if USAGE_KEY in buf:
             buf = self._take_usage(buf)
         if ERROR_KEY in buf:
-            start = buf.find(ERROR_KEY)
-            self._note_error(self._event_payload(buf, start))
+            for at in _values_of(buf, ERROR_KEY, b"{"):
+                event = self._event_payload(buf, at)
+                if isinstance(event, dict) and "error" in event:
+                    self._note_error(event)
         if DONE in buf:
             self.done = True
         return buf
@@ -98,24 +102,29 @@ class StreamScanner:
         self._last_token_at = now
 
     def _note_finish_reasons(self, buf: bytes) -> None:
-        at = buf.find(FINISH_KEY)
-        while at >= 0:
-            start = at + len(FINISH_KEY)
-            self.finish_reasons.append(buf[start:buf.find(b'"', start)].decode(errors="replace"))
-            at = buf.find(FINISH_KEY, start)
+        for at in _values_of(buf, FINISH_KEY, b'"'):
+            self.finish_reasons.append(buf[at + 1:buf.find(b'"', at + 1)].decode(errors="replace"))
 
     def _take_usage(self, buf: bytes) -> bytes:
-        at = buf.find(USAGE_KEY)
-        start = buf.rfind(EVENT_END, 0, at)
-        start = 0 if start < 0 else start + len(EVENT_END)
-        end = buf.find(EVENT_END, at) + len(EVENT_END)
-        event = self._decode(buf[start:end])
-        if isinstance(event, dict) and isinstance(event.get("usage"), dict):
-            self.usage = event["usage"]
-            # The usage-only event (no choices) was added for the collector: cut it out.
-            if self.strip_usage and not event.get("choices"):
-                return buf[:start] + buf[end:]
-        return buf
+        cut: list[tuple[int, int]] = []
+        for at in _values_of(buf, USAGE_KEY, b"{"):
+            start = buf.rfind(EVENT_END, 0, at)
+            start = 0 if start < 0 else start + len(EVENT_END)
+            end = buf.find(EVENT_END, at) + len(EVENT_END)
+            event = self._decode(buf[start:end])
+            if isinstance(event, dict) and isinstance(event.get("usage"), dict):
+                self.usage = event["usage"]
+                # The usage-only event (no choices) was added for the collector: cut it out.
+                if self.strip_usage and not event.get("choices"):
+                    cut.append((start, end))
+        if not cut:
+            return buf
+        kept, position = [], 0
+        for start, end in cut:
+            kept.append(buf[position:start])
+            position = end
+        kept.append(buf[position:])
+        return b"".join(kept)
 
     @staticmethod
     def _event_payload(buf: bytes, at: int) -> Any:
@@ -213,3 +222,17 @@ class StreamScanner:
             return json.loads(data)
         except ValueError:
             return None
+
+
+def _values_of(buf: bytes, key: bytes, first: bytes) -> list[int]:
+    """Positions of the values of `key` in `buf` that start with the byte `first` (spaces skipped)."""
+    found = []
+    at = buf.find(key)
+    while at >= 0:
+        value = at + len(key)
+        while value < len(buf) and buf[value] in JSON_SPACE:
+            value += 1
+        if buf[value:value + 1] == first:
+            found.append(value)
+        at = buf.find(key, value)
+    return found

@@ -13,23 +13,35 @@ from hypothesis import strategies as st
 from collector.sse import StreamScanner
 
 
-def event(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+def event(payload: Any, compact: bool = True) -> bytes:
+    separators = (",", ":") if compact else (", ", ": ")
+    return b"data: " + json.dumps(payload, separators=separators).encode() + b"\n\n"
 
 
-def chat_chunk(content: str | None, finish: str | None = None, role: bool = False) -> bytes:
+def chat_chunk(content: str | None, finish: str | None = None, role: bool = False, compact: bool = True) -> bytes:
     delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {"content": content}
     return event({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m",
-                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}, compact)
 
 
-USAGE = event({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m", "choices": [],
-               "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
+def usage_event(compact: bool = True) -> bytes:
+    return event({"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m", "choices": [],
+                  "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}}, compact)
+
+
+USAGE = usage_event()
 DONE = b"data: [DONE]\n\n"
 # Content that looks like the keys the scanner searches for must not fool it.
-TRICKY = 'say "usage":{ and "finish_reason":"stop" and {"error" here\n\n'
-CHAT_STREAM = [chat_chunk(None, role=True), chat_chunk("Hel"), chat_chunk(TRICKY), chat_chunk("lo", "length"),
-               USAGE, DONE]
+TRICKY = 'say "usage":{ and "finish_reason":"stop" and {"error": here\n\n'
+
+
+def chat_stream(compact: bool = True) -> list[bytes]:
+    return [chat_chunk(None, role=True, compact=compact), chat_chunk("Hel", compact=compact),
+            chat_chunk(TRICKY, compact=compact), chat_chunk("lo", "length", compact=compact),
+            usage_event(compact), DONE]
+
+
+CHAT_STREAM = chat_stream()
 
 
 def run(scanner: StreamScanner, pieces: list[bytes]) -> bytes:
@@ -58,7 +70,7 @@ def test_one_event_per_read_is_forwarded_without_change_and_metered() -> None:
 def test_usage_event_is_cut_out_when_the_client_did_not_ask_for_it() -> None:
     scanner = StreamScanner(chat=True, strip_usage=True)
     out = run(scanner, CHAT_STREAM)
-    assert out == b"".join(piece for piece in CHAT_STREAM if piece is not USAGE)
+    assert out == b"".join(piece for piece in CHAT_STREAM if piece != USAGE)
     assert scanner.usage is not None and scanner.usage["completion_tokens"] == 3
 
 
@@ -105,14 +117,16 @@ def test_unterminated_bytes_are_bounded() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12), strip=st.booleans(),
-       capture=st.booleans())
-def test_any_split_of_the_stream_gives_the_same_result(cuts: list[int], strip: bool, capture: bool) -> None:
-    data = b"".join(CHAT_STREAM)
+       capture=st.booleans(), compact=st.booleans())
+def test_any_split_of_the_stream_gives_the_same_result(cuts: list[int], strip: bool, capture: bool,
+                                                       compact: bool) -> None:
+    stream = chat_stream(compact)
+    data = b"".join(stream)
     gaps: list[float] = []
     scanner = StreamScanner(chat=True, strip_usage=strip, capture_content=capture, observe_gap=gaps.append)
     out = run(scanner, split(data, cuts))
     assert len(gaps) == 2 and min(gaps) >= 0  # three content chunks: two gaps, however they arrived
-    expected = data.replace(USAGE, b"") if strip else data
+    expected = data.replace(stream[4], b"") if strip else data
     assert out == expected
     assert scanner.usage == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
     assert scanner.finish_reasons == ["length"]
