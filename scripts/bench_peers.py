@@ -363,17 +363,17 @@ class KneeWorkload:
 def throughput_workload(quick: bool) -> ThroughputWorkload:
     if quick:
         return ThroughputWorkload(prompt_tokens=128, output_tokens=128, concurrency=8, requests=48,
-                                  loadgen_prompt_words=100, loadgen_warmup_s=4, loadgen_steady_s=16, timeout_s=420)
+                                  loadgen_prompt_words=45, loadgen_warmup_s=4, loadgen_steady_s=16, timeout_s=420)
     return ThroughputWorkload(prompt_tokens=128, output_tokens=256, concurrency=16, requests=160,
-                              loadgen_prompt_words=100, loadgen_warmup_s=10, loadgen_steady_s=50, timeout_s=900)
+                              loadgen_prompt_words=45, loadgen_warmup_s=10, loadgen_steady_s=50, timeout_s=900)
 
 
 def knee_workload(quick: bool, slo_ttft_p95_s: float) -> KneeWorkload:
     if quick:
         return KneeWorkload(prompt_tokens=10, output_tokens=900, slo_ttft_p95_s=slo_ttft_p95_s, step_s=30,
-                            max_concurrency=32, budget_s=420, loadgen_prompt_words=8, loadgen_warmup_s=5)
+                            max_concurrency=32, budget_s=420, loadgen_prompt_words=4, loadgen_warmup_s=5)
     return KneeWorkload(prompt_tokens=10, output_tokens=900, slo_ttft_p95_s=slo_ttft_p95_s, step_s=60,
-                        max_concurrency=32, budget_s=1200, loadgen_prompt_words=8, loadgen_warmup_s=10)
+                        max_concurrency=32, budget_s=1200, loadgen_prompt_words=4, loadgen_warmup_s=10)
 
 
 # ============================================================================ what each tool reports
@@ -834,19 +834,21 @@ def throughput_table(rows: list[ThroughputRow]) -> str:
 
 
 def throughput_summary(rows: list[ThroughputRow]) -> str:
-    """Per tool: medians over rounds."""
-    lines = ["| tool | runs | median tok/s reported | median tok/s vLLM | median ratio | median p50 TTFT ms | "
-             "median p95 e2e ms | median client CPU s | tokens counted from |",
+    """Per tool: medians over the rounds without other traffic on the server (all rounds when none is clean)."""
+    lines = ["| tool | clean runs / runs | median tok/s reported | median tok/s vLLM | median ratio | "
+             "median p50 TTFT ms | median p95 e2e ms | median client CPU s | tokens counted from |",
              "|---|---|---|---|---|---|---|---|---|"]
     for tool in dict.fromkeys(r.tool for r in rows):
-        mine = [r for r in rows if r.tool == tool and r.error is None]
+        finished = [r for r in rows if r.tool == tool and r.error is None]
+        clean = [r for r in finished if other_traffic(r) is None]
+        mine = clean or finished
 
         def med(get: Callable[[ThroughputRow], float | None], rs: list[ThroughputRow] = mine) -> float | None:
             values = [v for v in map(get, rs) if v is not None]
             return statistics.median(values) if values else None
 
         source = next((r.reported.token_source for r in mine if r.reported.token_source), "-")
-        lines.append(f"| {tool} | {len(mine)} | {_fmt(med(lambda r: r.reported.output_tok_s))} | "
+        lines.append(f"| {tool} | {len(clean)} / {len(finished)} | {_fmt(med(lambda r: r.reported.output_tok_s))} | "
                      f"{_fmt(med(lambda r: r.vllm_tok_s))} | {_fmt(med(lambda r: r.ratio), '.3f')} | "
                      f"{_fmt(med(lambda r: r.reported.ttft_p50_ms))} | {_fmt(med(lambda r: r.reported.e2e_p95_ms))} | "
                      f"{_fmt(med(lambda r: r.measured.cpu_s if r.measured else None), '.1f')} | {source} |")

@@ -217,8 +217,12 @@ def test_tables_carry_every_run_and_the_medians() -> None:
     assert "| 30 | 133 |" in every  # requests ok, then vLLM's prompt tokens per request (4000 / 30)
     assert "not run: no loadgen" in every
     summary = bp.throughput_summary(rows)
-    assert "| vllm-bench | 2 | 400 | 400 | 1.000 |" in summary
-    assert "| loadgen | 0 | - | - | - |" in summary
+    assert "| vllm-bench | 2 / 2 | 400 | 400 | 1.000 |" in summary
+    assert "| loadgen | 0 / 0 | - | - | - |" in summary
+    # A round with someone else's traffic on the server is left out of the medians.
+    rows.append(bp.ThroughputRow("vllm-bench", 3, bp.Reported(output_tok_s=900.0, requests_ok=30),
+                                 _measured(requests_finished=80)))
+    assert "| vllm-bench | 2 / 3 | 400 | 400 | 1.000 |" in bp.throughput_summary(rows)
 
 
 def test_knee_table_says_no_when_a_tool_gives_no_reason() -> None:
