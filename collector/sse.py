@@ -20,6 +20,8 @@ EVENT_END = b"\n\n"
 DONE = b"data: [DONE]"
 USAGE_KEY = b'"usage":'
 FINISH_KEY = b'"finish_reason":'
+# "finish_reason":null is in every chunk: only these (compact or not) announce a real one.
+FINISH_VALUE_HINTS = (b'"finish_reason":"', b'"finish_reason": "')
 ERROR_KEY = b'"error":'
 CHAT_CHUNK_KEY = b'"delta":'
 COMPLETION_CHUNK_KEY = b'"text":'
@@ -80,7 +82,7 @@ class StreamScanner:
         if chunks:
             self.content_chunks += chunks
             self._gaps(now, chunks)
-        if FINISH_KEY in buf:
+        if FINISH_VALUE_HINTS[0] in buf or FINISH_VALUE_HINTS[1] in buf:
             self._note_finish_reasons(buf)
         if USAGE_KEY in buf:
             buf = self._take_usage(buf)
