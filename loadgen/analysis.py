@@ -11,7 +11,8 @@ from loadgen.plan import Plan, plan_from_dict
 from loadgen.thresholds import load_thresholds
 
 CLIENT_CPU_BOUND_CORES = 0.8  # k6 using most of one core: it measures itself, not the server
-THROUGHPUT_AGREEMENT = 0.10  # client vs vLLM counter tok/s further apart than this is flagged
+THROUGHPUT_AGREEMENT = 0.10
+HOST_CPU_SATURATED = 0.95  # client vs vLLM counter tok/s further apart than this is flagged
 
 
 @dataclass
@@ -164,31 +165,36 @@ def ttft_three_ways(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def gap_note(rows: list[dict[str, Any]], ttfb_is_ttft: bool) -> str:
-    def median_gap(a: str, b: str) -> float | None:
-        gaps = sorted(r[a] - r[b] for r in rows if r[a] is not None and r[b] is not None)
-        return gaps[len(gaps) // 2] if gaps else None
-
+    """Explains the three TTFTs at the least loaded step (no queue to blur them), then under load."""
     parts = []
     if not ttfb_is_ttft:
         parts.append("The target sends its response headers before the first token (it is not the collector), so "
                      "k6's time to first byte is NOT time to first token here: the client column shows time to first "
                      "byte only, and the SLO used vLLM's own TTFT.")
-    client_collector = median_gap("client_p50_s", "collector_p50_s")
-    collector_vllm = median_gap("collector_p50_s", "vllm_p50_s")
-    client_vllm = median_gap("client_p50_s", "vllm_p50_s")
-    if client_collector is not None:
-        parts.append(f"Client minus collector (median of p50s): {client_collector * 1000:+.1f} ms: the loopback hop "
-                     "and k6's own scheduling.")
-    if collector_vllm is not None:
-        parts.append(f"Collector minus vLLM: {collector_vllm * 1000:+.1f} ms: vLLM starts its clock when the request "
-                     "reaches its engine, after HTTP parsing, the chat template and tokenization, and stops it before "
-                     "detokenizing and framing the SSE chunk; the proxy hop adds the rest.")
-    elif client_vllm is not None:
-        parts.append(f"Client minus vLLM (median of p50s): {client_vllm * 1000:+.1f} ms (collector metrics absent).")
+    complete = [r for r in rows if r["client_p50_s"] is not None and r["vllm_p50_s"] is not None]
+    if complete:
+        r = complete[0]
+        ms = {k: r[f"{k}_p50_s"] * 1000 if r[f"{k}_p50_s"] is not None else None
+              for k in ("client", "collector", "vllm")}
+        text = (f"At {r['concurrency']} user(s), the least loaded step, p50 TTFT was {ms['client']:.1f} ms at the "
+                "client")
+        if ms["collector"] is not None:
+            text += (f", {ms['collector']:.1f} ms at the collector and {ms['vllm']:.1f} ms inside vLLM. Client minus "
+                     f"collector ({ms['client'] - ms['collector']:+.1f} ms) is the loopback hop, connection handling "
+                     f"and k6's own scheduling; collector minus vLLM ({ms['collector'] - ms['vllm']:+.1f} ms) is "
+                     "what vLLM's clock leaves out: HTTP parsing, the chat template and tokenization before the "
+                     "request reaches its engine, detokenizing and framing the first SSE chunk after, and the "
+                     "proxy hop.")
+        else:
+            text += (f" and {ms['vllm']:.1f} ms inside vLLM (collector metrics absent): the difference is HTTP "
+                     "handling, the chat template, tokenization and SSE framing that vLLM's clock leaves out.")
+        parts.append(text)
+    parts.append("Under load all three include the time a request waits for a slot, and they diverge more: the "
+                 "client's percentiles come from every request that started in the steady window, the server's from "
+                 "histogram buckets (interpolated, coarse in the tail) of requests that got their first token in the "
+                 "window, including any other traffic on the server.")
     if not rows or all(r["collector_p50_s"] is None for r in rows):
         parts.append("Collector TTFT: absent (no collector_* series in Prometheus for this window).")
-    parts.append("Server-side percentiles come from histogram buckets (interpolated within a bucket), the client's "
-                 "from every request, so small differences are expected.")
     return " ".join(parts)
 
 
@@ -242,7 +248,8 @@ def analyse(results: dict[str, Any]) -> Analysis:
 
 
 def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
-    flags = []
+    flags: list[str] = []
+    saturated: list[int] = []
     cores = _get(results, "provenance", "host", "cpus") or 1
     for step in steps:
         k6 = step.get("k6") or {}
@@ -257,11 +264,22 @@ def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
             flags.append(f"{step['concurrency']} users: fewer requests started in the steady window than there are "
                          "users, so latency is taken from every request overlapping it (includes the warm-up burst); "
                          "lengthen steady_s / max_steady_s for long answers.")
+        busy = _get(step, "server", "host", "cpu_busy_ratio")
+        if busy is not None and busy >= HOST_CPU_SATURATED:
+            saturated.append(step["concurrency"])
         ratio = _get(step, "throughput_check", "client_over_vllm")
         if ratio is not None and abs(ratio - 1) > THROUGHPUT_AGREEMENT:
             flags.append(f"{step['concurrency']} users: client tok/s is {ratio:.0%} of vLLM's own counter over the "
                          "same span (other traffic on the server, or lost records).")
+    if saturated:
+        flags.append(f"The host's CPUs were at least {HOST_CPU_SATURATED:.0%} busy during the steps at "
+                     f"{', '.join(map(str, saturated))} users: where the server computes on CPU, or other work shares "
+                     "the cores, the figures include that contention.")
     return flags
+
+
+def _users(n: int) -> str:
+    return f"{n} concurrent user" + ("" if n == 1 else "s")
 
 
 def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str, results: dict[str, Any]) -> str:
@@ -280,11 +298,13 @@ def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str,
     ttft = f"{row.ttft_p95_s:.2f} s" if row.ttft_p95_s is not None else "n/a"
     user = f"{row.user_tok_s:.0f} tok/s" if row.user_tok_s is not None else "n/a"
     agg = f"{row.output_tok_s:.0f} tok/s" if row.output_tok_s is not None else "n/a"
-    head = (f"At up to {found.concurrency} concurrent users with outputs up to {outputs} tokens{prompt_text}, "
+    head = (f"At up to {_users(found.concurrency)} with outputs up to {outputs} tokens{prompt_text}, "
             f"p95 latency stays under {e2e} (p95 time to first token {ttft}) and each user gets {user} "
             f"({agg} in total)")
     if found.first_bad is None:
-        return head + f"; the SLO held at every step tested, so the envelope is at least {found.concurrency} users."
+        partial = " (this run is partial: see what is missing)" if results.get("status") != "complete" else ""
+        return head + (f"; the SLO held at every step tested, so the envelope is at least "
+                       f"{_users(found.concurrency)}{partial}.")
     where = (f"at {found.first_bad} users" if found.refined else
              f"the SLO broke at {found.first_bad} users; the knee lies between, not refined further")
     return head + f". Above {found.concurrency} ({where}): {cause}."

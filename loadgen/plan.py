@@ -160,7 +160,8 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
         search=search,
         warmup_s=float(data.get("warmup_s", 20.0)),
         steady_s=float(data.get("steady_s", 60.0)),
-        max_steady_s=float(data.get("max_steady_s", max(300.0, float(data.get("steady_s", 60.0))))),
+        # Unset: long answers may stretch a window to 3x steady_s, so a budgeted sweep stays bounded.
+        max_steady_s=float(data.get("max_steady_s", 3 * float(data.get("steady_s", 60.0)))),
         request_timeout_s=float(data.get("request_timeout_s", 180.0)),
         stop=stop,
         slo={k: float(v) for k, v in slo.items()},

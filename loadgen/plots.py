@@ -52,6 +52,16 @@ def _concurrency_axis(ax: Any, analysis: Analysis) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def _value_axis(ax: Any, values: list[float]) -> None:
+    """Log scale when values span more than 30x (a queueing tail next to sub-second TTFTs), else from 0."""
+    positive = [float(v) for v in values if float(v) > 0]
+    if positive and max(positive) / min(positive) > 30:
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{ax.get_ylabel() or 'value'} (log scale)")
+    else:
+        ax.set_ylim(bottom=0)
+
+
 def throughput(analysis: Analysis, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
     rows = analysis.rows
@@ -90,6 +100,7 @@ def latency(analysis: Analysis, slo: dict[str, dict[str, Any]], path: Path) -> P
         left.axhline(slo["ttft_p95_s"]["value"], color=COLORS["slo"], linestyle=":",
                      label=f"SLO p95 TTFT {slo['ttft_p95_s']['value']:g} s")
     left.set_ylabel("seconds")
+    right.set_ylabel("seconds")
     left.set_title("Time to first token")
     right.plot(xs, _values([r.e2e_p95_s for r in rows]), "o-", color="#e377c2", label="p95 total latency (k6)")
     if "e2e_p95_s" in slo:
@@ -101,7 +112,7 @@ def latency(analysis: Analysis, slo: dict[str, dict[str, Any]], path: Path) -> P
     for ax in (left, right):
         _mark_knee(ax, analysis)
         _concurrency_axis(ax, analysis)
-        ax.set_ylim(bottom=0)
+        _value_axis(ax, [v for line in ax.get_lines() for v in line.get_ydata() if v == v])
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
@@ -122,6 +133,7 @@ def ttft_three_ways(analysis: Analysis, path: Path) -> Path:
         ax.set_xticklabels(labels)
         ax.set_xlabel("concurrent users")
         ax.set_ylabel("milliseconds")
+        _value_axis(ax, [p.get_height() for p in ax.patches])
         ax.set_title(f"{q} time to first token, three ways")
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)

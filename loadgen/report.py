@@ -16,6 +16,7 @@ import yaml
 
 from loadgen import plots
 from loadgen.analysis import Analysis, Row, analyse
+from loadgen.panels import DASHBOARDS
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 CSV_FIELDS = ("step", "vu", "start_ms", "in_steady_window", "ttft_ms", "total_ms", "status", "output_tokens",
@@ -147,7 +148,14 @@ def _data_uri(path: Path) -> str:
 
 
 def panel_images(run_dir: Path) -> list[Path]:
-    return sorted((run_dir / "panels").glob("*.png")) if (run_dir / "panels").exists() else []
+    """Panel PNGs in dashboard order (serving first), then panel order."""
+    order = [uid for uid, _ in DASHBOARDS]
+
+    def key(path: Path) -> tuple[int, str]:
+        uid = next((u for u in order if path.name.startswith(f"{u}-")), "")
+        return (order.index(uid) if uid else len(order), path.name)
+
+    return sorted((run_dir / "panels").glob("*.png"), key=key) if (run_dir / "panels").exists() else []
 
 
 def render(run_dir: Path) -> tuple[Path, Path]:

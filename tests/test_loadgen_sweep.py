@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from loadgen.analysis import analyse
+from loadgen.probe import probe_target
 from loadgen.prom import Prometheus, render, step_queries
 from tests.conftest import Stack
 
@@ -91,7 +92,7 @@ def png_is_not_blank(png: Path) -> tuple[int, float]:
 
 def test_capstone_end_to_end_writes_a_complete_report(stack: Stack) -> None:
     result = loadgen("capstone", "--target", stack.collector, "--prometheus", stack.prometheus,
-                     "--warmup-s", "2", "--steady-s", "8", "--out", "var/reports/test-loadgen")
+                     "--warmup-s", "2", "--steady-s", "8", "--max-steady-s", "12", "--out", "var/reports/test-loadgen")
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = run_dir_of(result.stderr)
     results = results_of(run_dir)
@@ -114,7 +115,8 @@ def test_capstone_end_to_end_writes_a_complete_report(stack: Stack) -> None:
     # benchmark (scripts/bench_accuracy.py) measures it properly.
     assert 0.3 < check["client_over_vllm"] < 1.5, check
     # the per-request CSV holds every request k6 recorded
-    rows = list(csv.DictReader((run_dir / "requests.csv").open()))
+    with (run_dir / "requests.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == sum(s["k6"]["requests_total"] for s in results["steps"])
     assert {int(r["step"]) for r in rows} == {1, 5, 20}
     # k6 pushed its metrics to Prometheus by remote write, tagged with the run and the step
@@ -158,7 +160,8 @@ def test_capstone_end_to_end_writes_a_complete_report(stack: Stack) -> None:
 def test_sweep_names_what_broke_first_with_server_evidence(stack: Stack, tmp_path: Path) -> None:
     # 24 streams against max-num-seqs 16: at least 8 requests must wait for a slot.
     plan = write_plan(tmp_path, name="test-queue", profile={"prompt_words": 10, "max_tokens": 200},
-                      steps=[2, 24], search={"enabled": False}, warmup_s=3, steady_s=10, request_timeout_s=120,
+                      steps=[2, 24], search={"enabled": False}, warmup_s=3, steady_s=10, max_steady_s=15,
+                      request_timeout_s=120,
                       stop={"slo_broken_steps": 3, "error_ratio": 0.5}, slo={"ttft_p95_s": 1.0})
     result = loadgen("sweep", "--plan", str(plan), "--target", stack.collector, "--prometheus", stack.prometheus,
                      "--out", "var/reports/test-loadgen")
@@ -199,7 +202,7 @@ def _k6_child(process: subprocess.Popen[str], timeout: float = 30) -> psutil.Pro
     deadline = time.time() + timeout
     while time.time() < deadline:
         for child in psutil.Process(process.pid).children(recursive=True):
-            if child.name() == "k6":
+            if child.name() == "k6" and "run" in child.cmdline():  # not `k6 version` (provenance)
                 return child
         time.sleep(0.2)
     raise AssertionError("no k6 child process")
@@ -207,7 +210,8 @@ def _k6_child(process: subprocess.Popen[str], timeout: float = 30) -> psutil.Pro
 
 def test_ctrl_c_and_k6_crash_keep_finished_steps_and_resume_continues(stack: Stack, tmp_path: Path) -> None:
     plan = write_plan(tmp_path, name="test-resume", profile={"prompt_words": 10, "max_tokens": 32}, steps=[1, 3],
-                      search={"enabled": False}, warmup_s=2, steady_s=5, stop={"slo_broken_steps": 3})
+                      search={"enabled": False}, warmup_s=2, steady_s=5, max_steady_s=5,
+                      stop={"slo_broken_steps": 3})
     common = ("--target", stack.collector, "--prometheus", stack.prometheus)
     # 1. Ctrl-C during the second step
     process = loadgen("sweep", "--plan", str(plan), *common, "--out", "var/reports/test-loadgen", wait=False)
@@ -219,7 +223,7 @@ def test_ctrl_c_and_k6_crash_keep_finished_steps_and_resume_continues(stack: Sta
     first = results_of(run_dir)
     assert first["status"] == "partial" and [s["concurrency"] for s in first["steps"]] == [1]
     report = (run_dir / "report.md").read_text()
-    assert "what is missing" in report and "interrupted (Ctrl-C)" in report
+    assert "what is missing" in report and "interrupted (Ctrl-C or SIGTERM)" in report
     # 2. resume, and k6 dies (killed) during the remaining step
     process = loadgen("sweep", "--resume", str(run_dir), *common, wait=False)
     _k6_child(process).kill()
@@ -268,7 +272,8 @@ def test_prometheus_going_away_mid_sweep_gives_a_partial_report(stack: Stack, tm
                 break
             time.sleep(0.5)
         plan = write_plan(tmp_path, name="test-promdown", profile={"prompt_words": 10, "max_tokens": 32},
-                          steps=[1, 2], search={"enabled": False}, warmup_s=2, steady_s=8, stop={"slo_broken_steps": 3})
+                          steps=[1, 2], search={"enabled": False}, warmup_s=2, steady_s=8, max_steady_s=8,
+                          stop={"slo_broken_steps": 3})
         process = loadgen("sweep", "--plan", str(plan), "--target", stack.collector, "--prometheus", url,
                           "--out", "var/reports/test-loadgen", wait=False)
         run_dir = _wait_for_steps(process, 1)
@@ -285,3 +290,12 @@ def test_prometheus_going_away_mid_sweep_gives_a_partial_report(stack: Stack, tm
     report = (run_dir / "report.md").read_text()
     assert "what is missing" in report and "Prometheus" in report.split("what is missing")[1].split("##")[0]
     assert os.path.exists(run_dir / "report.html")
+
+
+def test_probe_tells_the_collector_from_vllm(stack: Stack) -> None:
+    """Through the collector the head waits for the first token (TTFB = TTFT); vLLM sends it at once."""
+    through_collector = probe_target(stack.collector, stack.model)
+    direct = probe_target(stack.vllm, stack.model)
+    assert through_collector.ttfb_is_ttft, through_collector
+    assert not direct.ttfb_is_ttft, direct
+    assert direct.headers_s < direct.first_token_s
