@@ -818,26 +818,36 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _int(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table; a pipe inside a cell would split it, so it becomes a slash."""
+    cells = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in cells)
+
+
 def throughput_table(rows: list[ThroughputRow]) -> str:
-    lines = ["| tool | round | tok/s reported | tok/s vLLM counters | ratio | p50 TTFT ms | p95 e2e ms | "
-             "client CPU s | wall s | requests ok | prompt tok/req (vLLM) | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["tool", "round", "tok/s reported", "tok/s vLLM counters", "ratio", "p50 TTFT ms", "p95 e2e ms",
+              "client CPU s", "wall s", "requests ok", "prompt tok/req (vLLM)", "note"]
+    body = []
     for r in rows:
         m = r.measured
-        note = "; ".join(filter(None, [r.error, other_traffic(r), *r.reported.notes]))
-        lines.append(f"| {r.tool} | {r.round} | {_fmt(r.reported.output_tok_s)} | {_fmt(r.vllm_tok_s)} | "
-                     f"{_fmt(r.ratio, '.3f')} | {_fmt(r.reported.ttft_p50_ms)} | {_fmt(r.reported.e2e_p95_ms)} | "
-                     f"{_fmt(m.cpu_s if m else None, '.1f')} | {_fmt(m.wall_s if m else None)} | "
-                     f"{r.reported.requests_ok if r.reported.requests_ok is not None else '-'} | "
-                     f"{_fmt(r.prompt_tokens_per_request)} | {note} |")
-    return "\n".join(lines)
+        body.append([r.tool, str(r.round), _fmt(r.reported.output_tok_s), _fmt(r.vllm_tok_s), _fmt(r.ratio, ".3f"),
+                     _fmt(r.reported.ttft_p50_ms), _fmt(r.reported.e2e_p95_ms),
+                     _fmt(m.cpu_s if m else None, ".1f"), _fmt(m.wall_s if m else None),
+                     _int(r.reported.requests_ok),
+                     _fmt(r.prompt_tokens_per_request),
+                     "; ".join(filter(None, [r.error, other_traffic(r), *r.reported.notes]))])
+    return markdown_table(header, body)
 
 
 def throughput_summary(rows: list[ThroughputRow]) -> str:
     """Per tool: medians over the rounds without other traffic on the server (all rounds when none is clean)."""
-    lines = ["| tool | clean runs / runs | median tok/s reported | median tok/s vLLM | median ratio | "
-             "median p50 TTFT ms | median p95 e2e ms | median client CPU s | tokens counted from |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    header = ["tool", "clean runs / runs", "median tok/s reported", "median tok/s vLLM", "median ratio",
+              "median p50 TTFT ms", "median p95 e2e ms", "median client CPU s", "tokens counted from"]
+    body = []
     for tool in dict.fromkeys(r.tool for r in rows):
         finished = [r for r in rows if r.tool == tool and r.error is None]
         clean = [r for r in finished if other_traffic(r) is None]
@@ -847,29 +857,28 @@ def throughput_summary(rows: list[ThroughputRow]) -> str:
             values = [v for v in map(get, rs) if v is not None]
             return statistics.median(values) if values else None
 
-        source = next((r.reported.token_source for r in mine if r.reported.token_source), "-")
-        lines.append(f"| {tool} | {len(clean)} / {len(finished)} | {_fmt(med(lambda r: r.reported.output_tok_s))} | "
-                     f"{_fmt(med(lambda r: r.vllm_tok_s))} | {_fmt(med(lambda r: r.ratio), '.3f')} | "
-                     f"{_fmt(med(lambda r: r.reported.ttft_p50_ms))} | {_fmt(med(lambda r: r.reported.e2e_p95_ms))} | "
-                     f"{_fmt(med(lambda r: r.measured.cpu_s if r.measured else None), '.1f')} | {source} |")
-    return "\n".join(lines)
+        body.append([tool, f"{len(clean)} / {len(finished)}", _fmt(med(lambda r: r.reported.output_tok_s)),
+                     _fmt(med(lambda r: r.vllm_tok_s)), _fmt(med(lambda r: r.ratio), ".3f"),
+                     _fmt(med(lambda r: r.reported.ttft_p50_ms)), _fmt(med(lambda r: r.reported.e2e_p95_ms)),
+                     _fmt(med(lambda r: r.measured.cpu_s if r.measured else None), ".1f"),
+                     next((r.reported.token_source for r in mine if r.reported.token_source), "-")])
+    return markdown_table(header, body)
 
 
 def knee_table(results: list[KneeResult]) -> str:
-    lines = ["| tool | method | load steps | concurrencies tried | wall s | client CPU s | highest passing | "
-             "first failing | stop | says why it bent (its own output) | vLLM meanwhile (KV peak, max waiting, "
-             "preemptions) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["tool", "method", "load steps", "concurrencies tried", "wall s", "client CPU s", "highest passing",
+              "first failing", "stop", "says why it bent (its own output)",
+              "vLLM meanwhile (KV peak, max waiting, preemptions)"]
+    body = []
     for k in results:
         server = k.server
         meanwhile = (f"{server.get('kv_cache_usage_max', 0):.0%}, {server.get('waiting_max', 0):.0f}, "
                      f"{server.get('preemptions', 0):.0f}") if server else "-"
-        why = (k.says_why or "no").replace("|", "/")
-        stop = "; ".join(filter(None, [k.converged, k.error]))
-        lines.append(f"| {k.tool} | {k.method} | {k.steps if k.steps is not None else '-'} | "
-                     f"{', '.join(map(str, k.concurrencies)) or '-'} | {_fmt(k.wall_s)} | {_fmt(k.cpu_s, '.1f')} | "
-                     f"{k.answer if k.answer is not None else '-'} | "
-                     f"{k.first_failing if k.first_failing is not None else '-'} | {stop} | {why} | {meanwhile} |")
-    return "\n".join(lines)
+        body.append([k.tool, k.method, _int(k.steps),
+                     ", ".join(map(str, k.concurrencies)) or "-", _fmt(k.wall_s), _fmt(k.cpu_s, ".1f"),
+                     _int(k.answer), _int(k.first_failing),
+                     "; ".join(filter(None, [k.converged, k.error])), k.says_why or "no", meanwhile])
+    return markdown_table(header, body)
 
 
 # ============================================================================ the stack under test
