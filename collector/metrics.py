@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
@@ -91,14 +93,52 @@ class Metrics:
         self.upstream_up = Gauge(
             "collector_upstream_up", "1 when the last model-list refresh from the upstream succeeded.",
             registry=r)
-        for operation in ("chat", "text_completion"):
-            self.requests_in_flight.labels(operation)
-            self.streams_in_flight.labels(operation)
+        # labels() costs a lock and a tuple build per call: the children are looked up once per label set.
+        self._series: dict[tuple[str, str], RequestSeries] = {}
+        self._outcomes: dict[tuple[str, ...], Any] = {}
+
+    def series(self, model: str, operation: str) -> RequestSeries:
+        """The per-request histograms and counters of one (model, operation)."""
+        found = self._series.get((model, operation))
+        if found is None:
+            found = self._series[(model, operation)] = RequestSeries(
+                ttft=self.time_to_first_token.labels(model, operation),
+                itl=self.inter_token_latency.labels(model, operation),
+                tpot=self.time_per_output_token.labels(model, operation),
+                e2e=self.e2e_latency.labels(model, operation),
+                prompt_per_request=self.prompt_tokens_per_request.labels(model, operation),
+                generation_per_request=self.generation_tokens_per_request.labels(model, operation),
+                prompt_tokens=self.prompt_tokens.labels(model, operation),
+                generation_tokens=self.generation_tokens.labels(model, operation),
+                in_flight=self.requests_in_flight.labels(operation),
+                streams=self.streams_in_flight.labels(operation))
+        return found
+
+    def count_request(self, *labels: str) -> None:
+        """collector_requests_total{model, operation, status, error_type, finish_reason} += 1"""
+        child = self._outcomes.get(labels)
+        if child is None:
+            child = self._outcomes[labels] = self.requests.labels(*labels)
+        child.inc()
 
     def exposition(self, accept: str | None) -> tuple[bytes, str]:
         """Body and content type for a scrape; OpenMetrics (with exemplars) when the scraper asks."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
+
+
+@dataclass(frozen=True)
+class RequestSeries:
+    ttft: Any
+    itl: LoopHistogramChild
+    tpot: Any
+    e2e: Any
+    prompt_per_request: Any
+    generation_per_request: Any
+    prompt_tokens: Any
+    generation_tokens: Any
+    in_flight: Any
+    streams: Any
 
 
 def finish_reason_label(reason: str | None) -> str:

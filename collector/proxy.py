@@ -31,6 +31,11 @@ RELAY_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPT
 # Upstream error bodies are small JSON; more than this is cut (the status still passes through).
 MAX_ERROR_BODY = 1 << 20
 MAX_ATTRIBUTE_CHARS = 256
+# Numeric request parameters -> GenAI span attributes.
+REQUEST_ATTRIBUTES = (("max_tokens", "gen_ai.request.max_tokens"),
+                      ("max_completion_tokens", "gen_ai.request.max_tokens"),
+                      ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"),
+                      ("seed", "gen_ai.request.seed"), ("n", "gen_ai.request.choice.count"))
 CLIENT_CLOSED_STATUS = 499  # nginx's convention: the client went away before the response ended
 # Events without generated content (role chunk, empty deltas) held before the first token: past this
 # the head is sent anyway, so a strange upstream cannot make the collector hold unbounded bytes.
@@ -151,7 +156,7 @@ class Proxy:
                         "gen_ai.provider.name": "vllm", "http.request.method": request.method,
                         "url.path": request.path})
         exchange = Exchange(operation=operation, model="other", started=started, span=span)
-        in_flight = self.metrics.requests_in_flight.labels(operation)
+        in_flight = self.metrics.series("other", operation).in_flight
         in_flight.inc()
         try:
             return await self._generate(request, exchange)
@@ -225,21 +230,18 @@ class Proxy:
     def _annotate_request(self, exchange: Exchange, body: dict[str, Any]) -> None:
         span = exchange.span
         span.update_name(f"{exchange.operation} {exchange.model}")
+        attributes: dict[str, Any] = {"gen_ai.request.stream": body.get("stream") is True}
         requested = body.get("model")
         if isinstance(requested, str):
-            span.set_attribute("gen_ai.request.model", requested[:MAX_ATTRIBUTE_CHARS])
-        for key, attribute in (("max_tokens", "gen_ai.request.max_tokens"),
-                               ("max_completion_tokens", "gen_ai.request.max_tokens"),
-                               ("temperature", "gen_ai.request.temperature"),
-                               ("top_p", "gen_ai.request.top_p"), ("seed", "gen_ai.request.seed"),
-                               ("n", "gen_ai.request.choice.count")):
+            attributes["gen_ai.request.model"] = requested[:MAX_ATTRIBUTE_CHARS]
+        for key, attribute in REQUEST_ATTRIBUTES:
             value = body.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
-                span.set_attribute(attribute, value)
-        span.set_attribute("gen_ai.request.stream", body.get("stream") is True)
+                attributes[attribute] = value
         if self.settings.capture_content:
             prompt = body.get("messages") if exchange.operation == "chat" else body.get("prompt")
-            span.set_attribute("gen_ai.input.messages", json.dumps(prompt))
+            attributes["gen_ai.input.messages"] = json.dumps(prompt)
+        span.set_attributes(attributes)
 
     async def _upstream_error(self, upstream: aiohttp.ClientResponse, exchange: Exchange) -> web.Response:
         body = await upstream.content.read(MAX_ERROR_BODY)
@@ -279,8 +281,8 @@ class Proxy:
                             exchange: Exchange, strip_usage: bool) -> web.StreamResponse:
         scanner = StreamScanner(
             chat=exchange.operation == "chat", strip_usage=strip_usage, capture_content=self.settings.capture_content,
-            observe_gap=self.metrics.inter_token_latency.labels(exchange.model, exchange.operation).observe)
-        streams = self.metrics.streams_in_flight.labels(exchange.operation)
+            observe_gap=self.metrics.series(exchange.model, exchange.operation).itl.observe)
+        streams = self.metrics.series(exchange.model, exchange.operation).streams
         streams.inc()
         try:
             response = await self._pump(request, upstream, exchange, scanner)
@@ -386,37 +388,37 @@ class Proxy:
     # --- recording -----------------------------------------------------------------------------
 
     def _record(self, exchange: Exchange) -> None:
-        m, model, operation = self.metrics, exchange.model, exchange.operation
-        span = exchange.span
+        series = self.metrics.series(exchange.model, exchange.operation)
         finish = exchange.finish_reasons[0] if exchange.finish_reasons else None
-        m.requests.labels(model, operation, str(exchange.status), exchange.error_type,
-                          finish_reason_label(finish)).inc()
+        self.metrics.count_request(exchange.model, exchange.operation, str(exchange.status), exchange.error_type,
+                                   finish_reason_label(finish))
         trace_id = exchange.trace_id
         exemplar = {"trace_id": trace_id} if trace_id else None
+        attributes: dict[str, Any] = {"http.response.status_code": exchange.status}
         if exchange.ttft is not None:
-            m.time_to_first_token.labels(model, operation).observe(exchange.ttft, exemplar)
-            span.set_attribute("gen_ai.response.time_to_first_chunk", exchange.ttft)
+            series.ttft.observe(exchange.ttft, exemplar)
+            attributes["gen_ai.response.time_to_first_chunk"] = exchange.ttft
         usage = exchange.usage or {}
         prompt_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(prompt_tokens, int):
-            m.prompt_tokens.labels(model, operation).inc(prompt_tokens)
-            m.prompt_tokens_per_request.labels(model, operation).observe(prompt_tokens)
-            span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
+            series.prompt_tokens.inc(prompt_tokens)
+            series.prompt_per_request.observe(prompt_tokens)
+            attributes["gen_ai.usage.input_tokens"] = prompt_tokens
         if isinstance(output_tokens, int):
-            m.generation_tokens.labels(model, operation).inc(output_tokens)
-            m.generation_tokens_per_request.labels(model, operation).observe(output_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+            series.generation_tokens.inc(output_tokens)
+            series.generation_per_request.observe(output_tokens)
+            attributes["gen_ai.usage.output_tokens"] = output_tokens
         succeeded = exchange.status == 200 and not exchange.error_type and exchange.ended is not None
         if succeeded and exchange.ended is not None:
             e2e = exchange.ended - exchange.started
-            m.e2e_latency.labels(model, operation).observe(e2e, exemplar)
+            series.e2e.observe(e2e, exemplar)
             if exchange.ttft is not None and isinstance(output_tokens, int) and output_tokens > 1:
-                m.time_per_output_token.labels(model, operation).observe(
-                    (e2e - exchange.ttft) / (output_tokens - 1), exemplar)
+                series.tpot.observe((e2e - exchange.ttft) / (output_tokens - 1), exemplar)
         if exchange.finish_reasons:
-            span.set_attribute("gen_ai.response.finish_reasons", exchange.finish_reasons)
-        span.set_attribute("http.response.status_code", exchange.status)
+            attributes["gen_ai.response.finish_reasons"] = exchange.finish_reasons
+        span = exchange.span
         if exchange.error_type:
-            span.set_attribute("error.type", exchange.error_type)
+            attributes["error.type"] = exchange.error_type
             span.set_status(Status(StatusCode.ERROR, exchange.error_type))
+        span.set_attributes(attributes)
         span.end()
