@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -189,6 +190,20 @@ def active_window(samples: list[tuple[float, ServerSample]], gap_s: float = ACTI
     )
 
 
+def rate_between(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """Counter rate over [start, end], the counter read by linear interpolation between samples."""
+    if end <= start or not samples or start < samples[0][0] or end > samples[-1][0]:
+        return None
+
+    def at(when: float) -> float:
+        for (t0, v0), (t1, v1) in itertools.pairwise(samples):
+            if t0 <= when <= t1:
+                return v0 if t1 == t0 else v0 + (v1 - v0) * (when - t0) / (t1 - t0)
+        return samples[-1][1]
+
+    return (at(end) - at(start)) / (end - start)
+
+
 class CounterSampler:
     """Scrapes vLLM's /metrics every SAMPLE_INTERVAL_S in a thread while a tool runs."""
 
@@ -276,6 +291,8 @@ class Measured:
     server: dict[str, float]
     busy_before: bool  # vLLM had requests running or waiting when the tool started
     sampler_failures: int
+    # (time, vllm:generation_tokens_total) every SAMPLE_INTERVAL_S: rates over any sub-window afterwards.
+    generation_samples: list[tuple[float, float]] = field(default_factory=list)
 
 
 def run_measured(command: list[str], *, log_path: Path, metrics_url: str, model: str | None, timeout_s: float,
@@ -307,7 +324,8 @@ def run_measured(command: list[str], *, log_path: Path, metrics_url: str, model:
         time.sleep(SAMPLE_INTERVAL_S * 2)  # one more sample after the last token
     return Measured(command=command, exit_code=process.returncode, wall_s=time.time() - started, cpu_s=cpu_s,
                     timed_out=timed_out, log=str(log_path), window=active_window(sampler.samples),
-                    server=peaks(sampler.samples), busy_before=busy_before, sampler_failures=sampler.failures)
+                    server=peaks(sampler.samples), busy_before=busy_before, sampler_failures=sampler.failures,
+                    generation_samples=[(t, x.generation_tokens) for t, x in sampler.samples])
 
 
 def _stop_session(process: subprocess.Popen[bytes]) -> None:
@@ -388,6 +406,8 @@ class Reported:
     output_tokens: float | None = None
     token_source: str = ""
     notes: list[str] = field(default_factory=list)
+    # The tool's own measuring window when it is not the whole run (loadgen: the steady window).
+    window: tuple[float, float] | None = None
 
 
 def _dig(data: Any, *path: str | int) -> Any:
@@ -457,7 +477,9 @@ def parse_loadgen_step(results: dict[str, Any]) -> Reported:
     own_check = _num(_dig(steps[0], "throughput_check", "client_over_vllm"))
     if own_check is not None:
         notes.append(f"loadgen's own cross-check against vLLM (Prometheus): client/vLLM = {own_check:.3f}")
+    start, end = _num(steps[0].get("steady_start")), _num(steps[0].get("steady_end"))
     return Reported(output_tok_s=_num(client.get("output_tok_s")),
+                    window=(start, end) if start is not None and end is not None else None,
                     ttft_p50_ms=ttft_p50 * 1000 if ttft_p50 is not None else None,
                     e2e_p95_ms=e2e_p95 * 1000 if e2e_p95 is not None else None,
                     requests_ok=int(client["ok"]) if isinstance(client.get("ok"), int) else None,
@@ -560,7 +582,13 @@ class ThroughputRow:
 
     @property
     def vllm_tok_s(self) -> float | None:
-        return self.measured.window.tok_s if self.measured and self.measured.window else None
+        """vLLM's rate over the window the tool's own figure covers: the tool's steady window when it
+        reports one, else the span in which the counter moved."""
+        if self.measured is None:
+            return None
+        if self.reported.window is not None:
+            return rate_between(self.measured.generation_samples, *self.reported.window)
+        return self.measured.window.tok_s if self.measured.window else None
 
     @property
     def prompt_tokens_per_request(self) -> float | None:

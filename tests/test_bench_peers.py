@@ -145,14 +145,31 @@ def test_aiperf_export_and_its_retokenized_token_count_is_flagged() -> None:
     assert same.notes == []
 
 
+def test_rate_between_interpolates_the_counter() -> None:
+    samples = [(0.0, 0.0), (1.0, 100.0), (2.0, 300.0), (3.0, 600.0)]
+    assert bp.rate_between(samples, 0.5, 2.5) == pytest.approx((450.0 - 50.0) / 2.0)
+    assert bp.rate_between(samples, 1.0, 3.0) == pytest.approx(250.0)
+    assert bp.rate_between(samples, 2.0, 4.0) is None  # past the last sample: unknown, not a guess
+    assert bp.rate_between(samples, 2.0, 2.0) is None
+
+
+def test_loadgen_is_compared_with_vllm_over_its_own_steady_window() -> None:
+    measured = _measured()
+    measured.generation_samples = [(0.0, 0.0), (10.0, 1000.0), (20.0, 5000.0), (30.0, 6000.0)]
+    row = bp.ThroughputRow("loadgen", 1, bp.Reported(output_tok_s=390.0, window=(10.0, 20.0)), measured)
+    assert row.vllm_tok_s == pytest.approx(400.0)  # not the whole active window's 4000 / 10 s
+    assert row.ratio == pytest.approx(0.975)
+
+
 def test_loadgen_step_and_its_missing_steps() -> None:
     results = {"ttfb_is_ttft": True, "steps": [
-        {"status": "done", "concurrency": 8, "client": {"output_tok_s": 512.0, "ttft_p50_s": 0.2, "e2e_p95_s": 1.5,
-                                                        "ok": 40},
+        {"status": "done", "concurrency": 8, "steady_start": 100.0, "steady_end": 116.0,
+         "client": {"output_tok_s": 512.0, "ttft_p50_s": 0.2, "e2e_p95_s": 1.5, "ok": 40},
          "throughput_check": {"vllm_tok_s": 520.0, "client_tok_s": 510.0, "client_over_vllm": 0.981}}]}
     r = bp.parse_loadgen_step(results)
     assert (r.output_tok_s, r.ttft_p50_ms, r.e2e_p95_ms, r.requests_ok) == (512.0, 200.0, 1500.0, 40)
     assert r.notes == ["loadgen's own cross-check against vLLM (Prometheus): client/vLLM = 0.981"]
+    assert r.window == (100.0, 116.0)
     empty = bp.parse_loadgen_step({"steps": [], "missing": ["k6 crashed"]})
     assert empty.output_tok_s is None and "k6 crashed" in empty.notes[0]
 
