@@ -160,8 +160,10 @@ def finish(sweep: Sweep, run_dir: Path, args: argparse.Namespace, settings: dict
                                                 max(s["ended"] for s in steps))
         except prom.PrometheusDown as error:
             results["missing"].append(f"server timeline: {error}")
-        results["panels_note"] = panels.export(results, run_dir, args.grafana or service_url(settings, "GRAFANA_PORT"),
-                                               sweep.prometheus.url)
+        results["panels_note"] = (
+            "Panel images: not exported (--no-panels)." if args.no_panels else
+            panels.export(results, run_dir, args.grafana or service_url(settings, "GRAFANA_PORT"),
+                          sweep.prometheus.url))
     else:
         results["panels_note"] = "Panel images: none (Prometheus not reachable)"
     sweep.save()
@@ -188,6 +190,7 @@ def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None
     p.add_argument("--out", default="var/reports", help="parent folder of the run folder")
     p.add_argument("--prometheus", help="Prometheus base URL (default from compose/.env settings)")
     p.add_argument("--grafana", help="Grafana base URL for annotations and panel images")
+    p.add_argument("--no-panels", action="store_true", help="skip the dashboard panel images (faster)")
     p.add_argument("--no-remote-write", action="store_true", help="do not push k6 metrics to Prometheus")
     p.add_argument("--api-key", default=os.environ.get("LOADGEN_API_KEY"), help="bearer key (env LOADGEN_API_KEY)")
     p.add_argument("--steps", help="seed concurrencies, e.g. 1,5,20 (overrides the plan)")

@@ -132,7 +132,7 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
         evidence.append(line("requests waiting (peak)", vg.get("waiting_max"), waiting_max, ".0f"))
         evidence.append(line("requests running (peak)", vg.get("running_max"), running_max, ".0f"))
         evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
-        if vb.get("queue_p95_s") is not None:
+        if (_rise(vg.get("queue_p95_s"), vb.get("queue_p95_s")) or 0) > 1.2:
             evidence.append(line("p95 queue time (vLLM)", vg.get("queue_p95_s"), vb["queue_p95_s"], ".3f"))
         return (f"queueing: every sequence slot was busy ({running_max:.0f} running), up to {waiting_max:.0f} "
                 f"requests waited and TTFT climbed"), evidence

@@ -84,14 +84,18 @@ def _number(where: str, value: Any, *, minimum: float, integer: bool = False) ->
     return value
 
 
+def _known_fields(where: str, raw: dict[str, Any], cls: type[Any]) -> None:
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise PlanError(f"{where}{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+
+
 def _section(source: str, data: dict[str, Any], key: str, cls: type[Any]) -> dict[str, Any]:
     raw = data.get(key) or {}
     if not isinstance(raw, dict):
         raise PlanError(f"{source}: {key}: must be a mapping, got {type(raw).__name__}")
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise PlanError(f"{source}: {key}.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+    _known_fields(f"{source}: {key}.", raw, cls)
     return raw
 
 
@@ -103,9 +107,7 @@ def _profile(source: str, raw: Any) -> Profile:
         return Profile(name=raw, **profiles[raw])
     if not isinstance(raw, dict):
         raise PlanError(f"{source}: profile: must be a profile name or a mapping, got {raw!r}")
-    unknown = sorted(set(raw) - set(Profile.__dataclass_fields__))
-    if unknown:
-        raise PlanError(f"{source}: profile.{unknown[0]}: unknown field")
+    _known_fields(f"{source}: profile.", raw, Profile)
     for key in ("prompt_words", "max_tokens"):
         if key not in raw:
             raise PlanError(f"{source}: profile.{key}: required")
@@ -117,10 +119,7 @@ def _profile(source: str, raw: Any) -> Profile:
 def parse_plan(data: Any, source: str = "plan") -> Plan:
     if not isinstance(data, dict):
         raise PlanError(f"{source}: must be a YAML mapping at the top level")
-    known = set(Plan.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise PlanError(f"{source}: {unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+    _known_fields(f"{source}: ", data, Plan)
     steps = data.get("steps", [1, 5, 20])
     if not isinstance(steps, list) or not steps:
         raise PlanError(f"{source}: steps: must be a non-empty list of concurrencies, got {steps!r}")

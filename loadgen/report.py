@@ -179,6 +179,9 @@ def render(run_dir: Path) -> tuple[Path, Path]:
         missing += [f"step {step['concurrency']}: {m}" for m in step.get("missing", [])]
     if results.get("status") == "running":
         missing.append("the sweep did not finish (the process ended mid-step); resume with --resume")
+    if missing:
+        missing = list(dict.fromkeys(missing))  # a stop reason is recorded on the run and on its step
+        missing.append("finished steps are kept; `python -m loadgen sweep --resume RUN_DIR` measures the rest")
     context = {
         "results": results, "analysis": analysis, "steps": steps, "missing": missing,
         "title": f"Service envelope: {results.get('model')} ({provenance.get('engine', '?')} "

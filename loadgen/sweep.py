@@ -119,12 +119,12 @@ class Sweep:
         plan = self.plan
         step: dict[str, Any] = {"concurrency": concurrency, "started": started, "ended": time.time(),
                                 "status": "done", "missing": [], "hard_stop": None}
-        if not run.records:
+        if not run.records and not run.aborted:
             step["status"] = "failed"
             step["missing"].append(f"k6 wrote no request records (exit code {run.exit_code}: "
                                    f"{' | '.join(run.stderr_tail)[-300:]})")
             return step
-        first_start = min(r["start_ms"] for r in run.records) / 1000
+        first_start = min(r["start_ms"] for r in run.records) / 1000 if run.records else started
         steady_start = first_start + plan.warmup_s
         steady_end = steady_start + steady
         if run.aborted:

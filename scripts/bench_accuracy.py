@@ -9,6 +9,12 @@ vLLM's /metrics directly, before and after). Prints one table with medians and r
     .venv/bin/python scripts/bench_accuracy.py [--target URL] [--concurrency 8] [--rounds 3]
 
 Targets: aggregate output tok/s within 3%, p50 TTFT within 5% (or 2 ms).
+
+Method difference to keep in mind: loadgen reports the steady window of a closed-loop step (warm-up
+excluded, in-flight tokens counted by the share produced inside the window); `vllm bench serve` reports
+total tokens over its whole run, including the first wave's simultaneous prefill and the last wave's
+ramp-down. Its TTFT is measured by a Python asyncio client, ours by k6 (Go); on a CPU-starved box a
+client's own scheduling delay is part of what it measures.
 """
 
 from __future__ import annotations
@@ -68,7 +74,8 @@ def run_ours(args: argparse.Namespace, round_no: int, work: Path) -> Measure:
     path = work / f"plan-{round_no}.yaml"
     path.write_text(yaml.safe_dump(plan))
     out = subprocess.run([sys.executable, "-m", "loadgen", "sweep", "--plan", str(path), "--target", args.target,
-                          "--out", str(work / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                          "--out", str(work / "runs"), "--no-panels"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
     match = re.search(r"run folder: (\S+)", out.stderr)
     if out.returncode != 0 or not match:
         raise SystemExit(f"loadgen sweep failed ({out.returncode}): {out.stderr[-800:]}")
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-user", type=int, default=8, help="vllm bench: num-prompts = this x concurrency")
     args = parser.parse_args(argv)
     measures: list[Measure] = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         # Our prompt in tokens (vLLM's count) sets vllm bench's random input length.
@@ -172,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_no}: {measure.tool}: {measure.tok_s:,.0f} tok/s, "
                       f"p50 TTFT {measure.ttft_p50_s * 1000:.1f} ms", file=sys.stderr)
     print(f"target {args.target}, {args.concurrency} concurrent streams, ~{args.prompt_words} prompt words, "
-          f"{args.output_len} output tokens (ignore_eos), {args.rounds} interleaved rounds\n")
+          f"{args.output_len} output tokens (ignore_eos), {args.rounds} interleaved rounds")
+    load_after = os.getloadavg()
+    print(f"host load average (1, 5, 15 min) before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "
+          f"after {load_after[0]:.1f} {load_after[1]:.1f} {load_after[2]:.1f} on {os.cpu_count()} cores: well above "
+          "the core count, other work competes with the server and both clients, and rounds scatter accordingly\n")
     print(table(measures))
     return 0
 

@@ -164,7 +164,7 @@ def test_sweep_names_what_broke_first_with_server_evidence(stack: Stack, tmp_pat
                       request_timeout_s=120,
                       stop={"slo_broken_steps": 3, "error_ratio": 0.5}, slo={"ttft_p95_s": 1.0})
     result = loadgen("sweep", "--plan", str(plan), "--target", stack.collector, "--prometheus", stack.prometheus,
-                     "--out", "var/reports/test-loadgen")
+                     "--out", "var/reports/test-loadgen", "--no-panels")
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = run_dir_of(result.stderr)
     results = results_of(run_dir)
@@ -212,7 +212,7 @@ def test_ctrl_c_and_k6_crash_keep_finished_steps_and_resume_continues(stack: Sta
     plan = write_plan(tmp_path, name="test-resume", profile={"prompt_words": 10, "max_tokens": 32}, steps=[1, 3],
                       search={"enabled": False}, warmup_s=2, steady_s=5, max_steady_s=5,
                       stop={"slo_broken_steps": 3})
-    common = ("--target", stack.collector, "--prometheus", stack.prometheus)
+    common = ("--target", stack.collector, "--prometheus", stack.prometheus, "--no-panels")
     # 1. Ctrl-C during the second step
     process = loadgen("sweep", "--plan", str(plan), *common, "--out", "var/reports/test-loadgen", wait=False)
     run_dir = _wait_for_steps(process, 1)
@@ -275,7 +275,7 @@ def test_prometheus_going_away_mid_sweep_gives_a_partial_report(stack: Stack, tm
                           steps=[1, 2], search={"enabled": False}, warmup_s=2, steady_s=8, max_steady_s=8,
                           stop={"slo_broken_steps": 3})
         process = loadgen("sweep", "--plan", str(plan), "--target", stack.collector, "--prometheus", url,
-                          "--out", "var/reports/test-loadgen", wait=False)
+                          "--out", "var/reports/test-loadgen", "--no-panels", wait=False)
         run_dir = _wait_for_steps(process, 1)
         prometheus.send_signal(signal.SIGTERM)
         prometheus.wait(timeout=30)
@@ -299,3 +299,21 @@ def test_probe_tells_the_collector_from_vllm(stack: Stack) -> None:
     assert through_collector.ttfb_is_ttft, through_collector
     assert not direct.ttfb_is_ttft, direct
     assert direct.headers_s < direct.first_token_s
+
+
+def test_host_memory_watchdog_stops_the_sweep(stack: Stack, tmp_path: Path) -> None:
+    """A floor above the box's memory: node exporter's MemAvailable is under it at once, so the step is cut,
+    nothing higher runs, and the report names host memory as what broke first."""
+    plan = write_plan(tmp_path, name="test-watchdog", profile={"prompt_words": 10, "max_tokens": 32}, steps=[1, 2],
+                      warmup_s=2, steady_s=10, max_steady_s=10, stop={"min_host_mem_available_gib": 100_000})
+    started = time.time()
+    result = loadgen("sweep", "--plan", str(plan), "--target", stack.collector, "--prometheus", stack.prometheus,
+                     "--out", "var/reports/test-loadgen", "--no-panels")
+    assert result.returncode == 0, result.stderr[-1500:]
+    results = results_of(run_dir_of(result.stderr))
+    assert [s["concurrency"] for s in results["steps"]] == [1]
+    step = results["steps"][0]
+    assert "fell under the floor" in step["hard_stop"] and step["ended"] - started < 60
+    analysis = analyse(results)
+    assert analysis.knee.concurrency is None and analysis.what_broke_first.startswith("host memory")
+    assert analysis.what_broke_first in (run_dir_of(result.stderr) / "report.md").read_text()
