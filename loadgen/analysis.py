@@ -100,7 +100,7 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
     vg = _get(good, "server", "vllm") or {} if good else {}
     cg = good["concurrency"] if good else None
     cb = bad["concurrency"]
-    evidence = [f"SLO broken at {cb} users: " + "; ".join(bad["slo"]["broken"])]
+    evidence = [f"SLO broken at {_n_users(cb)}: " + "; ".join(bad["slo"]["broken"])]
     ttft_good, _ = _ttft(good, ttfb_is_ttft, "p95") if good else (None, "")
     ttft_bad, source = _ttft(bad, ttfb_is_ttft, "p95")
     itl_good, itl_bad = vg.get("itl_p95_s"), vb.get("itl_p95_s")
@@ -108,8 +108,8 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
     waiting_max, running_max = vb.get("waiting_max"), vb.get("running_max")
 
     def line(label: str, before: Any, after: Any, fmt: str) -> str:
-        prefix = f"{format(before, fmt)} at {cg} users -> " if (good and before is not None) else ""
-        return f"{label}: {prefix}{'n/a' if after is None else format(after, fmt)} at {cb} users"
+        prefix = f"{format(before, fmt)} at {_n_users(cg or 0)} -> " if (good and before is not None) else ""
+        return f"{label}: {prefix}{'n/a' if after is None else format(after, fmt)} at {_n_users(cb)}"
 
     if bad.get("hard_stop") and "memory" in str(bad["hard_stop"]):
         evidence.append(str(bad["hard_stop"]))
@@ -234,7 +234,7 @@ def analyse(results: dict[str, Any]) -> Analysis:
     found = knee.find_knee(plan, outcomes)
     by_c = {s["concurrency"]: s for s in steps}
     flags = _flags(steps, results)
-    first_signal = next((f"{r.concurrency} users: {', '.join(r.signals)}" for r in rows if r.signals), None)
+    first_signal = next((f"{_n_users(r.concurrency)}: {', '.join(r.signals)}" for r in rows if r.signals), None)
     if found.first_bad is None:
         cause, evidence = "nothing: the SLO held at every concurrency tested", list[str]()
     else:
@@ -254,14 +254,14 @@ def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
     for step in steps:
         k6 = step.get("k6") or {}
         if k6.get("cpu_cores", 0) > CLIENT_CPU_BOUND_CORES:
-            flags.append(f"{step['concurrency']} users: k6 used {k6['cpu_cores']:.2f} CPU cores: the client may be "
+            flags.append(f"{_n_users(step['concurrency'])}: k6 used {k6['cpu_cores']:.2f} CPU cores: the client may be "
                          "the bottleneck; this step measures the client as much as the server.")
         elif k6.get("cpu_cores", 0) > 0.1 * cores:
-            flags.append(f"{step['concurrency']} users: k6 used {k6['cpu_cores']:.2f} of {cores} CPU cores; "
+            flags.append(f"{_n_users(step['concurrency'])}: k6 used {k6['cpu_cores']:.2f} of {cores} CPU cores; "
                          "on a box where client and server share cores this lowers the server's throughput.")
         population = _get(step, "client", "population") or ""
         if population.startswith("overlapping"):
-            flags.append(f"{step['concurrency']} users: fewer requests started in the steady window than there are "
+            flags.append(f"{_n_users(step['concurrency'])}: fewer requests started in the steady window than there are "
                          "users, so latency is taken from every request overlapping it (includes the warm-up burst); "
                          "lengthen steady_s / max_steady_s for long answers.")
         busy = _get(step, "server", "host", "cpu_busy_ratio")
@@ -269,7 +269,7 @@ def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
             saturated.append(step["concurrency"])
         ratio = _get(step, "throughput_check", "client_over_vllm")
         if ratio is not None and abs(ratio - 1) > THROUGHPUT_AGREEMENT:
-            flags.append(f"{step['concurrency']} users: client tok/s is {ratio:.0%} of vLLM's own counter over the "
+            flags.append(f"{_n_users(step['concurrency'])}: client tok/s is {ratio:.0%} of vLLM's own counter over the "
                          "same span (other traffic on the server, or lost records).")
     if saturated:
         flags.append(f"The host's CPUs were at least {HOST_CPU_SATURATED:.0%} busy during the steps at "
@@ -282,6 +282,10 @@ def _users(n: int) -> str:
     return f"{n} concurrent user" + ("" if n == 1 else "s")
 
 
+def _n_users(n: int) -> str:
+    return f"{n} user" + ("" if n == 1 else "s")
+
+
 def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str, results: dict[str, Any]) -> str:
     by_c = {r.concurrency: r for r in rows}
     outputs = plan.profile.max_tokens
@@ -291,7 +295,7 @@ def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str,
     if not rows:
         return "No step finished, so there is no envelope yet."
     if found.concurrency is None:
-        return (f"Even {found.first_bad} concurrent user(s) with outputs up to {outputs} tokens broke the SLO: "
+        return (f"Even {_users(found.first_bad or 1)} with outputs up to {outputs} tokens broke the SLO: "
                 f"{cause}.")
     row = by_c[found.concurrency]
     e2e = f"{row.e2e_p95_s:.1f} s" if row.e2e_p95_s is not None else "n/a"
@@ -305,6 +309,6 @@ def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str,
         partial = " (this run is partial: see what is missing)" if results.get("status") != "complete" else ""
         return head + (f"; the SLO held at every step tested, so the envelope is at least "
                        f"{_users(found.concurrency)}{partial}.")
-    where = (f"at {found.first_bad} users" if found.refined else
-             f"the SLO broke at {found.first_bad} users; the knee lies between, not refined further")
+    where = (f"at {_n_users(found.first_bad)}" if found.refined else
+             f"the SLO broke at {_n_users(found.first_bad)}; the knee lies between, not refined further")
     return head + f". Above {found.concurrency} ({where}): {cause}."
