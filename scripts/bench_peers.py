@@ -717,6 +717,23 @@ def parse_guidellm_goodput(report: dict[str, Any]) -> dict[str, Any]:
             "stop_reason": search.get("stop_reason"), "count": len(benchmarks)}
 
 
+GUIDELLM_PROBE = re.compile(r"Benchmark (?P<n>\d+) \(concurrent@(?P<streams>\d+)\): started")
+PYTHON_ERROR = re.compile(r"^(?P<kind>[A-Za-z]+(?:Error|Exception)): (?P<message>.+)$", re.MULTILINE)
+
+
+def guidellm_log_probes(log: str) -> list[int]:
+    """Concurrencies GuideLLM started, from its log (it writes no report when a run dies half-way)."""
+    seen: dict[int, int] = {}
+    for match in GUIDELLM_PROBE.finditer(log):
+        seen.setdefault(int(match["n"]), int(match["streams"]))
+    return [seen[n] for n in sorted(seen)]
+
+
+def last_python_error(log: str) -> str | None:
+    errors = PYTHON_ERROR.findall(log)
+    return f"{errors[-1][0]}: {errors[-1][1][:200]}" if errors else None
+
+
 def goodput_from_attainment(streams: list[int], attainment: list[float | None], target: float) -> tuple[
         int | None, int | None]:
     """Highest passing and lowest failing concurrency from per-probe attainment (when the report lacks the
@@ -761,7 +778,11 @@ def run_knee_tool(tool: str, target: Target, w: KneeWorkload, run_dir: Path,
                             server=m.server, log=m.log)
         report = _read_json(out / "benchmarks.json")
         if report is None:
-            result.error = _failure(m)
+            text = log.read_text(errors="replace")
+            result.concurrencies = guidellm_log_probes(text)
+            result.steps = len(result.concurrencies)
+            result.error = (f"{_failure(m)}; " if m.timed_out else "") + (
+                f"died without a report: {last_python_error(text) or _failure(m)}")
             return result
         search = parse_guidellm_goodput(report)
         result.steps, result.concurrencies = search["count"], search["streams"]

@@ -185,6 +185,23 @@ def test_guidellm_goodput_probes_from_the_search_conclusion() -> None:
     assert (g["best_passing"], g["lowest_failing"], g["stop_reason"], g["count"]) == (12, 16, "converged", 4)
 
 
+GUIDELLM_LOG = """\
+26-11-23 17:48:22|INFO |progress:_log_update:420 - Benchmark 1 (concurrent@4): started | elapsed=0.0s
+26-11-23 17:49:18|INFO |progress:_log_update:420 - Benchmark 1 (concurrent@4): completed | elapsed=55.3s
+26-11-23 17:49:18|INFO |progress:_log_update:420 - Benchmark 2 (concurrent@8): started | elapsed=0.0s
+26-11-23 17:50:37|INFO |progress:_log_update:420 - Benchmark 3 (concurrent@16): started | elapsed=0.0s
+  File "/x/guidellm/benchmark/profiles/goodput.py", line 210, in _record_probe
+    raise RuntimeError(
+RuntimeError: The goodput profile requires latency objectives that can be measured on this workload. No request
+"""
+
+
+def test_guidellm_probes_and_its_error_from_the_log_when_it_died_without_a_report() -> None:
+    assert bp.guidellm_log_probes(GUIDELLM_LOG) == [4, 8, 16]
+    assert (bp.last_python_error(GUIDELLM_LOG) or "").startswith("RuntimeError: The goodput profile requires")
+    assert bp.last_python_error("all fine") is None
+
+
 def test_goodput_from_attainment_ignores_passes_above_the_first_failure() -> None:
     assert bp.goodput_from_attainment([4, 8, 16, 32], [1.0, 0.96, 0.5, 0.99], 0.95) == (8, 16)
     assert bp.goodput_from_attainment([4, 8], [1.0, None], 0.95) == (4, None)
