@@ -388,10 +388,12 @@ def throughput_workload(quick: bool) -> ThroughputWorkload:
 
 def knee_workload(quick: bool, slo_ttft_p95_s: float) -> KneeWorkload:
     if quick:
-        return KneeWorkload(prompt_tokens=10, output_tokens=900, slo_ttft_p95_s=slo_ttft_p95_s, step_s=30,
-                            max_concurrency=32, budget_s=420, loadgen_prompt_words=4, loadgen_warmup_s=5)
-    return KneeWorkload(prompt_tokens=10, output_tokens=900, slo_ttft_p95_s=slo_ttft_p95_s, step_s=60,
-                        max_concurrency=32, budget_s=1200, loadgen_prompt_words=4, loadgen_warmup_s=10)
+        # A step must outlast one ~900-token answer at the knee (~50 s at 16 streams on 2 busy cores):
+        # with 30 s steps no request finished at 16 streams and GuideLLM's goodput search died.
+        return KneeWorkload(prompt_tokens=10, output_tokens=900, slo_ttft_p95_s=slo_ttft_p95_s, step_s=60,
+                            max_concurrency=32, budget_s=540, loadgen_prompt_words=4, loadgen_warmup_s=5)
+    return KneeWorkload(prompt_tokens=10, output_tokens=900, slo_ttft_p95_s=slo_ttft_p95_s, step_s=120,
+                        max_concurrency=32, budget_s=1500, loadgen_prompt_words=4, loadgen_warmup_s=10)
 
 
 # ============================================================================ what each tool reports
