@@ -133,7 +133,7 @@ def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
             f"resumed {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with {len(sweep.results['steps'])} "
             "finished steps kept")
     else:
-        sweep.init_results(run_dir.name, probe_record, sys.argv)
+        sweep.init_results(run_dir.name, probe_record, ["python", "-m", "loadgen", *sys.argv[1:]])
     sweep.results["notes"] += notes
     sweep.save()
     print(f"run folder: {run_dir}", file=sys.stderr)

@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
 """Accuracy of the loadgen sweep against `vllm bench serve`, side by side on the same server.
 
-Same target, same concurrency, same prompt and output lengths (ignore_eos), rounds interleaved
-(ours, vLLM's, vLLM's, ours, ...) and repeated. For each tool: its own aggregate output tok/s and
-p50 TTFT, and vLLM's own generation-token counter over the tool's measurement window (read from
-vLLM's /metrics directly, before and after). Prints one table with medians and ratios.
+Same target, same prompt and output lengths (ignore_eos), repeated rounds. Two methods:
 
-    .venv/bin/python scripts/bench_accuracy.py [--target URL] [--concurrency 8] [--rounds 3]
+* together (default): both tools load the server AT THE SAME TIME, each with half the concurrency, and
+  both are measured over the same window (loadgen's steady window): each tool's own output tok/s and
+  p50 TTFT of its requests that started in the window. The server's conditions are identical for both,
+  so only the measurement differs, whatever else the machine is doing. vllm bench's per-request
+  records (--save-detailed: start times, TTFTs, latencies, output lengths) are cut to that window with
+  the same code loadgen uses for its own records. vLLM's counter over the window checks the sum.
+* interleaved: ours, then vllm bench, alternating, each with the full concurrency; each tool's own
+  figures (loadgen: steady window; vllm bench: its whole run, ramp-up and tail included). Fair only on
+  a quiet machine: run-to-run drift of the server lands in the comparison.
 
-Targets: aggregate output tok/s within 3%, p50 TTFT within 5% (or 2 ms).
+    .venv/bin/python scripts/bench_accuracy.py [--mode together|interleaved] [--concurrency 8] [--rounds 3]
 
-Method difference to keep in mind: loadgen reports the steady window of a closed-loop step (warm-up
-excluded, in-flight tokens counted by the share produced inside the window); `vllm bench serve` reports
-total tokens over its whole run, including the first wave's simultaneous prefill and the last wave's
-ramp-down. Its TTFT is measured by a Python asyncio client, ours by k6 (Go); on a CPU-starved box a
-client's own scheduling delay is part of what it measures.
+Targets: aggregate output tok/s within 3%, p50 TTFT within 5% (or 2 ms). Note: vllm bench times TTFT
+with a Python asyncio client, loadgen with k6 (Go); on a CPU-starved box a client's own scheduling delay
+is part of what it measures.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 import yaml
@@ -37,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadgen.settings import service_url, stack_settings  # noqa: E402
+from loadgen.stats import client_step_stats  # noqa: E402
 
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 VLLM_BENCH = """
@@ -53,7 +59,7 @@ class Measure:
     tool: str
     round: int
     tok_s: float
-    ttft_p50_s: float
+    ttft_p50_s: float | None
     counter_tok_s: float | None
     requests: int
     prompt_tokens: float | None
@@ -66,12 +72,14 @@ def generation_tokens(vllm_url: str) -> float:
                                                       re.MULTILINE))
 
 
-def run_ours(args: argparse.Namespace, round_no: int, work: Path) -> Measure:
-    plan = {"name": "bench-accuracy", "profile": {"prompt_words": args.prompt_words, "max_tokens": args.output_len},
-            "steps": [args.concurrency], "search": {"enabled": False}, "warmup_s": args.warmup_s,
-            "steady_s": args.steady_s, "max_steady_s": args.steady_s, "stop": {"slo_broken_steps": 3,
-                                                                                 "error_ratio": 1.0}}
-    path = work / f"plan-{round_no}.yaml"
+def loadgen_step(args: argparse.Namespace, concurrency: int, tag: str, work: Path) -> dict[str, Any]:
+    """One closed-loop loadgen step (the product's own command); its results.json."""
+    plan = {"name": f"bench-accuracy-{tag}",
+            "profile": {"prompt_words": args.prompt_words, "max_tokens": args.output_len},
+            "steps": [concurrency], "search": {"enabled": False}, "warmup_s": args.warmup_s,
+            "steady_s": args.steady_s, "max_steady_s": args.steady_s,
+            "stop": {"slo_broken_steps": 3, "error_ratio": 1.0}}
+    path = work / f"plan-{tag}.yaml"
     path.write_text(yaml.safe_dump(plan))
     out = subprocess.run([sys.executable, "-m", "loadgen", "sweep", "--plan", str(path), "--target", args.target,
                           "--out", str(work / "runs"), "--no-panels"],
@@ -79,33 +87,88 @@ def run_ours(args: argparse.Namespace, round_no: int, work: Path) -> Measure:
     match = re.search(r"run folder: (\S+)", out.stderr)
     if out.returncode != 0 or not match:
         raise SystemExit(f"loadgen sweep failed ({out.returncode}): {out.stderr[-800:]}")
-    results = json.loads((Path(match.group(1)) / "results.json").read_text())
-    step = results["steps"][0]
-    check = step.get("throughput_check") or {}
-    return Measure("loadgen (k6)", round_no, step["client"]["output_tok_s"], step["client"]["ttft_p50_s"],
-                   check.get("vllm_tok_s"), step["client"]["requests"], step["client"]["prompt_tokens_per_request"])
+    results: dict[str, Any] = json.loads((Path(match.group(1)) / "results.json").read_text())
+    return results
 
 
-def run_vllm_bench(args: argparse.Namespace, round_no: int, work: Path, input_len: int) -> Measure:
-    name = f"vllm-bench-{round_no}.json"
-    command = [str(VLLM_PYTHON), "-c", VLLM_BENCH, "--backend", "openai-chat", "--base-url", args.target,
-               "--endpoint", "/v1/chat/completions", "--model", args.model, "--tokenizer", str(args.tokenizer),
-               "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
-               str(args.output_len), "--num-prompts", str(args.concurrency * args.requests_per_user),
-               "--max-concurrency", str(args.concurrency), "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl,e2el",
-               "--save-result", "--result-dir", str(work), "--result-filename", name, "--disable-tqdm",
-               "--seed", str(round_no)]
-    before = generation_tokens(args.vllm)
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    after = generation_tokens(args.vllm)
-    if out.returncode != 0:
-        raise SystemExit(f"vllm bench serve failed: {out.stderr[-800:]}")
-    result = json.loads((work / name).read_text())
-    duration = float(result["duration"])
-    return Measure("vllm bench serve", round_no, float(result["output_throughput"]),
-                   float(result["median_ttft_ms"]) / 1000, (after - before) / duration, int(result["completed"]),
-                   float(result["total_input_tokens"]) / max(1, int(result["completed"])))
+def vllm_bench_command(args: argparse.Namespace, concurrency: int, prompts: int, input_len: int, work: Path,
+                       name: str, seed: int) -> list[str]:
+    return [str(VLLM_PYTHON), "-c", VLLM_BENCH, "--backend", "openai-chat", "--base-url", args.target,
+            "--endpoint", "/v1/chat/completions", "--model", args.model, "--tokenizer", str(args.tokenizer),
+            "--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len",
+            str(args.output_len), "--num-prompts", str(prompts), "--max-concurrency", str(concurrency),
+            "--ignore-eos", "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result", "--save-detailed",
+            "--result-dir", str(work), "--result-filename", name, "--disable-tqdm", "--seed", str(seed)]
+
+
+def vllm_bench_records(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """vllm bench's per-request details as loadgen records (epoch ms). Its start times come from
+    time.perf_counter(), the system-wide monotonic clock, so this process maps them to epoch time."""
+    offset = time.time() - time.perf_counter()
+    records = []
+    for start, ttft, latency, tokens, error in zip(result["start_times"], result["ttfts"], result["latencies"],
+                                                   result["output_lens"], result["errors"], strict=True):
+        records.append({"start_ms": (start + offset) * 1000, "ttft_ms": (ttft or 0) * 1000,
+                        "total_ms": (latency or 0) * 1000, "output_tokens": tokens or 0,
+                        "prompt_tokens": 0, "error": "error" if error else ""})
+    return records
+
+
+def round_together(args: argparse.Namespace, round_no: int, work: Path, input_len: int,
+                   per_request_s: float) -> list[Measure]:
+    half = max(1, args.concurrency // 2)
+    # vllm bench must outlast loadgen's step: its start-up, the step, and the step's tail.
+    span = 25 + args.warmup_s + args.steady_s + 2 * per_request_s
+    prompts = half * max(4, int(span / max(per_request_s, 0.1)) + 2)
+    name = f"vllm-bench-together-{round_no}.json"
+    bench = subprocess.Popen(vllm_bench_command(args, half, prompts, input_len, work, name, round_no), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    time.sleep(20)  # vllm bench imports vLLM, loads the tokenizer and builds its prompts first
+    ours = loadgen_step(args, half, f"together-{round_no}", work)
+    _, stderr = bench.communicate(timeout=1800)
+    if bench.returncode != 0:
+        raise SystemExit(f"vllm bench serve failed: {stderr[-800:]}")
+    step = ours["steps"][0]
+    start, end = step["steady_start"], step["steady_end"]
+    records = vllm_bench_records(json.loads((work / name).read_text()))
+    theirs = client_step_stats(records, start, end, half)
+    if min(r["start_ms"] for r in records) / 1000 > start:
+        print(f"round {round_no}: vllm bench started after loadgen's window: raise the start-up wait",
+              file=sys.stderr)
+    counter = (step.get("throughput_check") or {}).get("vllm_tok_s")
+    return [
+        Measure("loadgen (k6)", round_no, step["client"]["output_tok_s"], step["client"]["ttft_p50_s"], counter,
+                step["client"]["requests"], step["client"]["prompt_tokens_per_request"]),
+        Measure("vllm bench serve", round_no, theirs["output_tok_s"], theirs["ttft_p50_s"], counter,
+                theirs["requests"], float(input_len)),
+    ]
+
+
+def round_interleaved(args: argparse.Namespace, round_no: int, work: Path, input_len: int) -> list[Measure]:
+    def ours() -> Measure:
+        step = loadgen_step(args, args.concurrency, f"interleaved-{round_no}", work)["steps"][0]
+        check = step.get("throughput_check") or {}
+        return Measure("loadgen (k6)", round_no, step["client"]["output_tok_s"], step["client"]["ttft_p50_s"],
+                       check.get("vllm_tok_s"), step["client"]["requests"], step["client"]["prompt_tokens_per_request"])
+
+    def theirs() -> Measure:
+        name = f"vllm-bench-{round_no}.json"
+        before = generation_tokens(args.vllm)
+        out = subprocess.run(vllm_bench_command(args, args.concurrency, args.concurrency * args.requests_per_user,
+                                                input_len, work, name, round_no),
+                             cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        after = generation_tokens(args.vllm)
+        if out.returncode != 0:
+            raise SystemExit(f"vllm bench serve failed: {out.stderr[-800:]}")
+        result = json.loads((work / name).read_text())
+        return Measure("vllm bench serve", round_no, float(result["output_throughput"]),
+                       float(result["median_ttft_ms"]) / 1000, (after - before) / float(result["duration"]),
+                       int(result["completed"]), float(result["total_input_tokens"]) / max(1, int(result["completed"])))
+
+    first, second = (ours, theirs) if round_no % 2 else (theirs, ours)
+    return [first(), second()]
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -113,79 +176,91 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def table(measures: list[Measure]) -> str:
-    lines = [f"{'tool':<18} {'round':>5} {'out tok/s':>10} {'vLLM ctr tok/s':>15} {'p50 TTFT ms':>12} "
+def table(measures: list[Measure], together: bool) -> str:
+    counter_label = "vLLM ctr (both)" if together else "vLLM ctr tok/s"
+    lines = [f"{'tool':<18} {'round':>5} {'out tok/s':>10} {counter_label:>15} {'p50 TTFT ms':>12} "
              f"{'requests':>9} {'prompt tok':>11}"]
     for m in measures:
         counter = f"{m.counter_tok_s:,.0f}" if m.counter_tok_s is not None else "n/a"
         prompt = f"{m.prompt_tokens:.0f}" if m.prompt_tokens is not None else "n/a"
-        lines.append(f"{m.tool:<18} {m.round:>5} {m.tok_s:>10,.0f} {counter:>15} {m.ttft_p50_s * 1000:>12.1f} "
-                     f"{m.requests:>9} {prompt:>11}")
+        ttft = f"{m.ttft_p50_s * 1000:.1f}" if m.ttft_p50_s is not None else "n/a"
+        lines.append(f"{m.tool:<18} {m.round:>5} {m.tok_s:>10,.0f} {counter:>15} {ttft:>12} {m.requests:>9} "
+                     f"{prompt:>11}")
     ours = [m for m in measures if m.tool.startswith("loadgen")]
     ref = [m for m in measures if m.tool.startswith("vllm")]
-    tok_ours, tok_ref = _median([m.tok_s for m in ours]), _median([m.tok_s for m in ref])
-    ttft_ours, ttft_ref = _median([m.ttft_p50_s for m in ours]), _median([m.ttft_p50_s for m in ref])
-    ctr_ours, ctr_ref = _median([m.counter_tok_s for m in ours]), _median([m.counter_tok_s for m in ref])
+    ratios = [a.tok_s / b.tok_s for a, b in zip(ours, ref, strict=True) if b.tok_s]
+    gaps = [a.ttft_p50_s - b.ttft_p50_s for a, b in zip(ours, ref, strict=True)
+            if a.ttft_p50_s is not None and b.ttft_p50_s is not None]
     lines.append("")
-    lines.append(f"{'median':<18} {'':>5} {'out tok/s':>10} {'vLLM ctr tok/s':>15} {'p50 TTFT ms':>12}")
-    for label, tok, ctr, ttft in (("loadgen (k6)", tok_ours, ctr_ours, ttft_ours),
-                                  ("vllm bench serve", tok_ref, ctr_ref, ttft_ref)):
-        lines.append(f"{label:<18} {'':>5} {tok or 0:>10,.0f} {ctr or 0:>15,.0f} {(ttft or 0) * 1000:>12.1f}")
-    if tok_ours and tok_ref and ttft_ours and ttft_ref:
-        tok_ratio = tok_ours / tok_ref
-        ttft_gap = ttft_ours - ttft_ref
-        lines.append("")
-        lines.append(f"aggregate output tok/s: loadgen / vllm bench = {tok_ratio:.3f} "
-                     f"({'within' if abs(tok_ratio - 1) <= 0.03 else 'OUTSIDE'} 3%)")
-        ok_ttft = abs(ttft_gap) <= max(0.002, 0.05 * ttft_ref)
-        lines.append(f"p50 TTFT: loadgen - vllm bench = {ttft_gap * 1000:+.1f} ms ({ttft_gap / ttft_ref:+.1%}; "
-                     f"{'within' if ok_ttft else 'OUTSIDE'} 5% or 2 ms)")
-        if ctr_ours and ctr_ref:
-            lines.append(f"each tool against vLLM's own counter: loadgen {tok_ours / ctr_ours:.3f}, "
-                         f"vllm bench {tok_ref / ctr_ref:.3f}")
+    if ratios:
+        ratio = statistics.median(ratios)
+        lines.append(f"aggregate output tok/s, loadgen / vllm bench, per round: {', '.join(f'{r:.3f}' for r in ratios)}"
+                     f"; median {ratio:.3f} ({'within' if abs(ratio - 1) <= 0.03 else 'OUTSIDE'} 3%)")
+    ttft_ref = _median([m.ttft_p50_s for m in ref])
+    if gaps and ttft_ref:
+        gap = statistics.median(gaps)
+        ok = abs(gap) <= max(0.002, 0.05 * ttft_ref)
+        lines.append(f"p50 TTFT, loadgen - vllm bench, per round: {', '.join(f'{g * 1000:+.1f}' for g in gaps)} ms; "
+                     f"median {gap * 1000:+.1f} ms ({gap / ttft_ref:+.1%}; {'within' if ok else 'OUTSIDE'} 5% or 2 ms)")
+    if together:
+        closure = [(a.tok_s + b.tok_s) / a.counter_tok_s for a, b in zip(ours, ref, strict=True) if a.counter_tok_s]
+        if closure:
+            lines.append("both tools' tok/s summed / vLLM's counter over the same window, per round: "
+                         + ", ".join(f"{c:.3f}" for c in closure) + " (other traffic on the server raises the counter)")
+    else:
+        for label, rows in (("loadgen", ours), ("vllm bench", ref)):
+            agree = [m.tok_s / m.counter_tok_s for m in rows if m.counter_tok_s]
+            if agree:
+                lines.append(f"{label} tok/s / vLLM's counter, per round: " + ", ".join(f"{a:.3f}" for a in agree))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = stack_settings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("together", "interleaved"), default="together")
     parser.add_argument("--target", default=service_url(settings, "COLLECTOR_PORT"),
                         help="the API both tools load (the collector: its TTFB is TTFT)")
     parser.add_argument("--vllm", default=service_url(settings, "VLLM_PORT"), help="vLLM, for its /metrics")
     parser.add_argument("--model", default=settings.get("NATIVE_SERVED_MODEL_NAME"))
     parser.add_argument("--tokenizer", default=ROOT / "var" / "model", type=Path)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="total streams (together: half per tool)")
     parser.add_argument("--prompt-words", type=int, default=40)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup-s", type=float, default=5)
     parser.add_argument("--steady-s", type=float, default=25)
-    parser.add_argument("--requests-per-user", type=int, default=8, help="vllm bench: num-prompts = this x concurrency")
+    parser.add_argument("--requests-per-user", type=int, default=8,
+                        help="interleaved: vllm bench's num-prompts = this x concurrency")
     args = parser.parse_args(argv)
+    together = args.mode == "together"
     measures: list[Measure] = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        # Our prompt in tokens (vLLM's count) sets vllm bench's random input length.
-        first = run_ours(args, 0, work)
-        input_len = max(1, round((first.prompt_tokens or args.prompt_words) - 10))  # minus the chat template's share
-        print(f"calibration round: prompt {first.prompt_tokens} tokens -> vllm bench --random-input-len {input_len}",
-              file=sys.stderr)
+        # Calibration: our prompt in tokens (vLLM's count) sets vllm bench's random input length, our
+        # request time sizes vllm bench's run in the together mode.
+        calibration = loadgen_step(args, max(1, args.concurrency // 2) if together else args.concurrency,
+                                   "calibration", work)["steps"][0]["client"]
+        prompt_tokens = calibration["prompt_tokens_per_request"] or args.prompt_words
+        input_len = max(1, round(prompt_tokens - 10))  # minus the chat template's share
+        per_request_s = calibration["e2e_p50_s"] or 5.0
+        print(f"calibration: prompt {prompt_tokens} tokens -> vllm bench --random-input-len {input_len}; "
+              f"{per_request_s:.1f} s per request", file=sys.stderr)
         for round_no in range(1, args.rounds + 1):
-            order = (run_ours, run_vllm_bench) if round_no % 2 else (run_vllm_bench, run_ours)
-            for runner in order:
-                measure = (run_ours(args, round_no, work) if runner is run_ours
-                           else run_vllm_bench(args, round_no, work, input_len))
-                measures.append(measure)
-                print(f"round {round_no}: {measure.tool}: {measure.tok_s:,.0f} tok/s, "
-                      f"p50 TTFT {measure.ttft_p50_s * 1000:.1f} ms", file=sys.stderr)
-    print(f"target {args.target}, {args.concurrency} concurrent streams, ~{args.prompt_words} prompt words, "
-          f"{args.output_len} output tokens (ignore_eos), {args.rounds} interleaved rounds")
+            found = (round_together(args, round_no, work, input_len, per_request_s) if together
+                     else round_interleaved(args, round_no, work, input_len))
+            measures += found
+            for m in found:
+                ttft = f"{m.ttft_p50_s * 1000:.1f} ms" if m.ttft_p50_s is not None else "n/a"
+                print(f"round {round_no}: {m.tool}: {m.tok_s:,.0f} tok/s, p50 TTFT {ttft}", file=sys.stderr)
     load_after = os.getloadavg()
-    print(f"host load average (1, 5, 15 min) before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}, "
-          f"after {load_after[0]:.1f} {load_after[1]:.1f} {load_after[2]:.1f} on {os.cpu_count()} cores: well above "
-          "the core count, other work competes with the server and both clients, and rounds scatter accordingly\n")
-    print(table(measures))
+    half = f"{args.concurrency // 2} streams each, at the same time" if together else f"{args.concurrency} streams"
+    print(f"mode {args.mode}: target {args.target}, {half}, ~{args.prompt_words} prompt words, {args.output_len} "
+          f"output tokens (ignore_eos), {args.rounds} rounds")
+    print(f"host load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} "
+          "cores\n")
+    print(table(measures, together))
     return 0
 
 
