@@ -122,19 +122,27 @@ def round_together(args: argparse.Namespace, round_no: int, work: Path, input_le
     prompts = half * max(4, int(span / max(per_request_s, 0.1)) + 2)
     name = f"vllm-bench-together-{round_no}.json"
     bench = subprocess.Popen(vllm_bench_command(args, half, prompts, input_len, work, name, round_no), cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    time.sleep(20)  # vllm bench imports vLLM, loads the tokenizer and builds its prompts first
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1"))
+    assert bench.stdout is not None
+    log = []
+    # vllm bench imports vLLM, loads the tokenizer and builds its prompts first: start ours once it loads.
+    for line in bench.stdout:
+        log.append(line)
+        if line.startswith("Starting main benchmark run"):
+            break
+    time.sleep(3)
     ours = loadgen_step(args, half, f"together-{round_no}", work)
-    _, stderr = bench.communicate(timeout=1800)
+    rest, _ = bench.communicate(timeout=1800)
     if bench.returncode != 0:
-        raise SystemExit(f"vllm bench serve failed: {stderr[-800:]}")
+        raise SystemExit(f"vllm bench serve failed: {(''.join(log) + rest)[-800:]}")
     step = ours["steps"][0]
     start, end = step["steady_start"], step["steady_end"]
     records = vllm_bench_records(json.loads((work / name).read_text()))
     theirs = client_step_stats(records, start, end, half)
-    if min(r["start_ms"] for r in records) / 1000 > start:
-        print(f"round {round_no}: vllm bench started after loadgen's window: raise the start-up wait",
+    if min(r["start_ms"] for r in records) / 1000 > start or max(
+            (r["start_ms"] + r["total_ms"]) / 1000 for r in records) < end:
+        print(f"round {round_no}: vllm bench did not cover loadgen's whole window: its figures are partial",
               file=sys.stderr)
     counter = (step.get("throughput_check") or {}).get("vllm_tok_s")
     return [
