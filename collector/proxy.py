@@ -99,14 +99,30 @@ class Proxy:
 
     async def _send(self, method: str, url: str, body: bytes | None,
                     headers: Any) -> aiohttp.ClientResponse | web.Response:
-        try:
-            return await self.session.request(method, url, data=body, headers=headers, allow_redirects=False)
-        except aiohttp.ConnectionTimeoutError:
-            return errors.error_response(503, "upstream did not accept the connection in time",
-                                         errors.UPSTREAM_TIMEOUT)
-        except aiohttp.ClientError as error:
-            return errors.error_response(502, f"upstream unavailable: {type(error).__name__}",
-                                         errors.UPSTREAM_UNAVAILABLE)
+        for attempt in (1, 2):
+            try:
+                return await self.session.request(method, url, data=body, headers=headers,
+                                                  allow_redirects=False)
+            except aiohttp.ConnectionTimeoutError:
+                return errors.error_response(503, "upstream did not accept the connection in time",
+                                             errors.UPSTREAM_TIMEOUT)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+                # A pooled keep-alive connection the upstream closed just as it was reused (vLLM
+                # closes idle ones after 5 s): nothing was answered, so try once on a new one, as
+                # nginx does for its cached upstream connections.
+                if attempt == 1 and not isinstance(error, aiohttp.ClientConnectorError):
+                    log.debug("retrying %s %s on a new connection: %r", method, url, error)
+                    continue
+                return self._unavailable(method, url, error)
+            except aiohttp.ClientError as error:
+                return self._unavailable(method, url, error)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _unavailable(method: str, url: str, error: Exception) -> web.Response:
+        log.warning("upstream unavailable for %s %s: %r", method, url, error)
+        return errors.error_response(502, f"upstream unavailable: {type(error).__name__}",
+                                     errors.UPSTREAM_UNAVAILABLE)
 
     # --- every other path ----------------------------------------------------------------------
 

@@ -21,7 +21,8 @@ _RESPONSE_DROP = frozenset({
 
 
 def make_session(connect_timeout: float) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    # Idle upstream connections are dropped before vLLM's own 5 s keep-alive timeout closes them.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
     return aiohttp.ClientSession(
         connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",),

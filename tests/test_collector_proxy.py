@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -343,3 +344,44 @@ def test_content_is_recorded_in_spans_only_with_the_opt_in(upstream: tuple[Scrip
             else:
                 assert "gen_ai.output.messages" not in attributes and "gen_ai.input.messages" not in attributes
                 assert "Hello" not in str(attributes)
+
+
+def test_a_pooled_connection_closed_by_the_upstream_is_retried_once() -> None:
+    """An upstream that serves one request per connection and then closes it when the next request
+    arrives (what a keep-alive timeout racing with reuse looks like): every request still succeeds."""
+    body = json.dumps({"id": "c1", "model": MODEL, "choices": [{"index": 0, "finish_reason": "stop",
+                       "message": {"role": "assistant", "content": "hi"}}],
+                       "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+    models = json.dumps({"data": [{"id": MODEL}]}).encode()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        reply = models if head.startswith(b"GET /v1/models") else body
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(reply), reply))
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the next request on this connection: dropped unanswered
+        writer.close()
+
+    async def start() -> asyncio.Server:
+        return await asyncio.start_server(serve, "127.0.0.1", port)
+
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        with collector_process(f"http://127.0.0.1:{port}") as url, requests.Session() as session:
+            for _ in range(4):
+                response = session.post(url + "/v1/chat/completions", json=ask("ok", stream=False), timeout=10)
+                assert response.status_code == 200, response.text
+    finally:
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
