@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_proxy.py                       # 1, 64 and 256 streams, ~5 minutes
     .venv/bin/python scripts/bench_proxy.py --soak 600            # then 10 minutes at 256 streams (RSS)
+    .venv/bin/python scripts/bench_proxy.py --repeats 0 --soak 600  # the soak alone
 
 It starts its own vLLM CPU server (free ports, max-num-seqs and KV blocks raised so every stream is
 served at once), nginx with scripts/bench-nginx.conf and the collector, then runs rounds interleaved
@@ -283,7 +284,8 @@ def soak(bench: Bench, seconds: float, concurrency: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per target and concurrency")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved rounds per target and concurrency (0: no table, e.g. soak only)")
     parser.add_argument("--max-tokens", type=int, default=64, help="output tokens per request")
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of a 256-stream RSS soak afterwards")
@@ -340,16 +342,17 @@ def run(args: argparse.Namespace, settings: dict[str, str], vllm: native_stack.S
         for target in TARGETS:
             bench.round(target, min(8, widest), 1)
         bench.rounds.clear()
-        for concurrency in args.concurrency:
-            per_stream = max(args.requests_per_stream, 8 // concurrency)
-            for repeat in range(args.repeats):
-                print(f"round {repeat + 1}/{args.repeats} at {concurrency} streams", flush=True)
-                for target in TARGETS:
-                    bench.round(target, concurrency, per_stream)
-        print()
-        print(table(bench, args.concurrency))
-        lost = sum(len(r.failures) for r in bench.rounds)
-        print(f"\n{sum(len(r.results) for r in bench.rounds)} streams, {lost} failed or corrupted")
+        if args.repeats > 0:
+            for concurrency in args.concurrency:
+                per_stream = max(args.requests_per_stream, 8 // concurrency)
+                for repeat in range(args.repeats):
+                    print(f"round {repeat + 1}/{args.repeats} at {concurrency} streams", flush=True)
+                    for target in TARGETS:
+                        bench.round(target, concurrency, per_stream)
+            print()
+            print(table(bench, args.concurrency))
+            lost = sum(len(r.failures) for r in bench.rounds)
+            print(f"\n{sum(len(r.results) for r in bench.rounds)} streams, {lost} failed or corrupted")
         if args.soak:
             print(soak(bench, args.soak, args.soak_concurrency))
 
