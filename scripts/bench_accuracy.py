@@ -63,6 +63,18 @@ class Measure:
     counter_tok_s: float | None
     requests: int
     prompt_tokens: float | None
+    ttft_mean_s: float | None = None
+    collector_ttft_p50_s: float | None = None  # the proxy's histogram over the same window (both tools' requests)
+
+
+def mean_ttft(records: list[dict[str, Any]], start: float, end: float) -> float | None:
+    ttfts = [r["ttft_ms"] / 1000 for r in records if start <= r["start_ms"] / 1000 < end and not r.get("error")]
+    return statistics.mean(ttfts) if ttfts else None
+
+
+def our_records(results_dir: Path, concurrency: int) -> list[dict[str, Any]]:
+    path = results_dir / "raw" / f"step-{concurrency}-requests.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
 def generation_tokens(vllm_url: str) -> float:
@@ -88,6 +100,7 @@ def loadgen_step(args: argparse.Namespace, concurrency: int, tag: str, work: Pat
     if out.returncode != 0 or not match:
         raise SystemExit(f"loadgen sweep failed ({out.returncode}): {out.stderr[-800:]}")
     results: dict[str, Any] = json.loads((Path(match.group(1)) / "results.json").read_text())
+    results["_dir"] = match.group(1)
     return results
 
 
@@ -119,7 +132,8 @@ def round_together(args: argparse.Namespace, round_no: int, work: Path, input_le
     half = max(1, args.concurrency // 2)
     # vllm bench must outlast loadgen's step: its start-up, the step, and the step's tail.
     span = 25 + args.warmup_s + args.steady_s + 2 * per_request_s
-    prompts = half * max(4, int(span / max(per_request_s, 0.1)) + 2)
+    # Twice the estimate: under contention requests slow down; the surplus only lengthens vllm bench's tail.
+    prompts = half * max(8, 2 * int(span / max(per_request_s, 0.1)) + 4)
     name = f"vllm-bench-together-{round_no}.json"
     bench = subprocess.Popen(vllm_bench_command(args, half, prompts, input_len, work, name, round_no), cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -145,11 +159,14 @@ def round_together(args: argparse.Namespace, round_no: int, work: Path, input_le
         print(f"round {round_no}: vllm bench did not cover loadgen's whole window: its figures are partial",
               file=sys.stderr)
     counter = (step.get("throughput_check") or {}).get("vllm_tok_s")
+    collector = ((step.get("server") or {}).get("collector") or {}).get("ttft_p50_s")
+    mine = our_records(Path(ours["_dir"]), half)
     return [
         Measure("loadgen (k6)", round_no, step["client"]["output_tok_s"], step["client"]["ttft_p50_s"], counter,
-                step["client"]["requests"], step["client"]["prompt_tokens_per_request"]),
+                step["client"]["requests"], step["client"]["prompt_tokens_per_request"],
+                mean_ttft(mine, start, end), collector),
         Measure("vllm bench serve", round_no, theirs["output_tok_s"], theirs["ttft_p50_s"], counter,
-                theirs["requests"], float(input_len)),
+                theirs["requests"], float(input_len), mean_ttft(records, start, end), collector),
     ]
 
 
@@ -187,13 +204,15 @@ def _median(values: list[float | None]) -> float | None:
 def table(measures: list[Measure], together: bool) -> str:
     counter_label = "vLLM ctr (both)" if together else "vLLM ctr tok/s"
     lines = [f"{'tool':<18} {'round':>5} {'out tok/s':>10} {counter_label:>15} {'p50 TTFT ms':>12} "
-             f"{'requests':>9} {'prompt tok':>11}"]
+             f"{'mean TTFT ms':>13} {'collector p50':>14} {'requests':>9} {'prompt tok':>11}"]
     for m in measures:
         counter = f"{m.counter_tok_s:,.0f}" if m.counter_tok_s is not None else "n/a"
         prompt = f"{m.prompt_tokens:.0f}" if m.prompt_tokens is not None else "n/a"
         ttft = f"{m.ttft_p50_s * 1000:.1f}" if m.ttft_p50_s is not None else "n/a"
-        lines.append(f"{m.tool:<18} {m.round:>5} {m.tok_s:>10,.0f} {counter:>15} {ttft:>12} {m.requests:>9} "
-                     f"{prompt:>11}")
+        mean = f"{m.ttft_mean_s * 1000:.1f}" if m.ttft_mean_s is not None else "n/a"
+        proxy = f"{m.collector_ttft_p50_s * 1000:.1f}" if m.collector_ttft_p50_s is not None else "n/a"
+        lines.append(f"{m.tool:<18} {m.round:>5} {m.tok_s:>10,.0f} {counter:>15} {ttft:>12} {mean:>13} {proxy:>14} "
+                     f"{m.requests:>9} {prompt:>11}")
     ours = [m for m in measures if m.tool.startswith("loadgen")]
     ref = [m for m in measures if m.tool.startswith("vllm")]
     ratios = [a.tok_s / b.tok_s for a, b in zip(ours, ref, strict=True) if b.tok_s]
@@ -210,6 +229,11 @@ def table(measures: list[Measure], together: bool) -> str:
         ok = abs(gap) <= max(0.002, 0.05 * ttft_ref)
         lines.append(f"p50 TTFT, loadgen - vllm bench, per round: {', '.join(f'{g * 1000:+.1f}' for g in gaps)} ms; "
                      f"median {gap * 1000:+.1f} ms ({gap / ttft_ref:+.1%}; {'within' if ok else 'OUTSIDE'} 5% or 2 ms)")
+    mean_gaps = [a.ttft_mean_s - b.ttft_mean_s for a, b in zip(ours, ref, strict=True)
+                 if a.ttft_mean_s is not None and b.ttft_mean_s is not None]
+    if mean_gaps:
+        lines.append("mean TTFT, loadgen - vllm bench, per round: "
+                     + ", ".join(f"{g * 1000:+.1f}" for g in mean_gaps) + " ms")
     if together:
         closure = [(a.tok_s + b.tok_s) / a.counter_tok_s for a, b in zip(ours, ref, strict=True) if a.counter_tok_s]
         if closure:
@@ -238,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup-s", type=float, default=5)
     parser.add_argument("--steady-s", type=float, default=25)
+    parser.add_argument("--keep", type=Path, help="keep every run's files in this folder (default: a temp dir)")
     parser.add_argument("--requests-per-user", type=int, default=8,
                         help="interleaved: vllm bench's num-prompts = this x concurrency")
     args = parser.parse_args(argv)
@@ -245,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     measures: list[Measure] = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         # Calibration: our prompt in tokens (vLLM's count) sets vllm bench's random input length, our
         # request time sizes vllm bench's run in the together mode.
         calibration = loadgen_step(args, max(1, args.concurrency // 2) if together else args.concurrency,
