@@ -13,7 +13,7 @@ for the highest concurrency meeting "p95 TTFT <= X" (GuideLLM's goodput profile,
 max-concurrency-under-sla recipe, ours: the adaptive knee search). Counted: load steps, wall seconds, the
 answer, and whether the tool says why the server bent, from server-side evidence.
 
-    .venv/bin/python scripts/bench_peers.py --quick             # first pass (~15-25 min on 2 cores)
+    .venv/bin/python scripts/bench_peers.py --quick             # first pass (~40 min on 2 busy cores)
     .venv/bin/python scripts/bench_peers.py                     # full: 3 rounds, longer runs and steps
     .venv/bin/python scripts/bench_peers.py --own-stack ...     # a private native stack on other ports
 
