@@ -338,6 +338,11 @@ class Proxy:
                     exchange.ttft = scanner.first_token_at - exchange.started
                     exchange.span.add_event("gen_ai.first_token", {"gen_ai.response.time_to_first_chunk":
                                                                    exchange.ttft})
+                    # Observed now, not at the end of the request: like vLLM's own histogram, so a
+                    # scrape window holds the TTFTs of the requests whose first token came in it.
+                    trace_id = exchange.trace_id
+                    self.metrics.series(exchange.model, exchange.operation).ttft.observe(
+                        exchange.ttft, {"trace_id": trace_id} if trace_id else None)
                 if scanner.first_token_at is not None or held_bytes > MAX_HELD_BYTES:
                     response = await self._open_stream(request, upstream, held)
                     held = []
@@ -411,8 +416,7 @@ class Proxy:
         trace_id = exchange.trace_id
         exemplar = {"trace_id": trace_id} if trace_id else None
         attributes: dict[str, Any] = {"http.response.status_code": exchange.status}
-        if exchange.ttft is not None:
-            series.ttft.observe(exchange.ttft, exemplar)
+        if exchange.ttft is not None:  # its histogram was observed at the first token
             attributes["gen_ai.response.time_to_first_chunk"] = exchange.ttft
         usage = exchange.usage or {}
         prompt_tokens, output_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
