@@ -289,7 +289,16 @@ def last_log_line(name: str) -> str:
 
 
 # Children started by this process: kept so they can be reaped (and no Popen is dropped alive).
-_children: dict[str, subprocess.Popen[bytes]] = {}
+# Keyed by PID, not name: a test may start a second service of the same name under another var/.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _started_pid(name: str) -> int | None:
+    """The PID `up` recorded for NAME, whether or not that process still runs."""
+    try:
+        return int(pid_file(name).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def start(service: Service, s: dict[str, str]) -> int:
@@ -305,14 +314,15 @@ def start(service: Service, s: dict[str, str]) -> int:
     # The marker lets `down` refuse to signal a recycled PID that is not ours.
     marker = " ".join(command[1:3]) if len(command) > 2 else command[0]
     pid_file(service.name).write_text(f"{process.pid}\n{marker}\n")
-    _children[service.name] = process
+    _children[process.pid] = process
     return process.pid
 
 
 def stop(name: str, grace: float = 20.0) -> bool:
+    started = _started_pid(name)
     pid = recorded_pid(name)
     pid_file(name).unlink(missing_ok=True)
-    child = _children.pop(name, None)
+    child = _children.pop(started, None) if started is not None else None
     if pid is None:
         if child is not None:
             child.wait()
@@ -382,7 +392,9 @@ def wait_healthy(svc: Service, s: dict[str, str]) -> None:
     while time.monotonic() < deadline:
         if healthy(svc, s):
             return
-        if _children[svc.name].poll() is not None:
+        started = _started_pid(svc.name)
+        child = _children.get(started) if started is not None else None
+        if child is None or child.poll() is not None:
             raise StackError(
                 f"{svc.name} exited during start-up (see {log_file(svc.name)}: {last_log_line(svc.name)})"
             )

@@ -90,6 +90,9 @@ def run_k6(stack: Stack, run_id: str, work: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+SCRAPE_GAP_S = 6.0  # one scrape interval (5 s) and a margin
+
+
 @pytest.fixture(scope="module")
 def load_run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> LoadRun:
     start = time.time()
@@ -97,7 +100,11 @@ def load_run(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> LoadRun:
         chunks = list(pool.map(lambda i: stream_chat(stack.collector, stack.model, i), range(STREAMS)))
     assert all(n > 1 for n in chunks), chunks
     # Requests vLLM rejects (max_tokens over the model's length) count as errors under the model.
-    for _ in range(2):
+    # A scrape apart: on a fresh collector the first one creates the series, and rate() needs a
+    # sample before the increase to see it.
+    for attempt in range(2):
+        if attempt:
+            time.sleep(SCRAPE_GAP_S)
         rejected = requests.post(f"{stack.collector}/v1/chat/completions", timeout=30, json={
             "model": stack.model, "max_tokens": 1_000_000, "messages": [{"role": "user", "content": "x"}]})
         assert rejected.status_code == 400, rejected.text
