@@ -36,6 +36,7 @@ REQUEST_ATTRIBUTES = (("max_tokens", "gen_ai.request.max_tokens"),
                       ("max_completion_tokens", "gen_ai.request.max_tokens"),
                       ("temperature", "gen_ai.request.temperature"), ("top_p", "gen_ai.request.top_p"),
                       ("seed", "gen_ai.request.seed"), ("n", "gen_ai.request.choice.count"))
+HEAD_HELD_HEADER = "X-Collector-Head-Held"
 CLIENT_CLOSED_STATUS = 499  # nginx's convention: the client went away before the response ended
 # Events without generated content (role chunk, empty deltas) held before the first token: past this
 # the head is sent anyway, so a strange upstream cannot make the collector hold unbounded bytes.
@@ -394,6 +395,8 @@ class Proxy:
     async def _open_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                            held: list[bytes]) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=response_headers(upstream.headers))
+        # Tells clients (loadgen's probe) that time to first byte here is time to first token.
+        response.headers[HEAD_HELD_HEADER] = "first-token"
         await response.prepare(request)
         first = held[0] if len(held) == 1 else b"".join(held)
         if first:

@@ -34,7 +34,11 @@ def served_model(target: str) -> str:
                           f"{str(error)[:120]})") from None
 
 
-def _one(target: str, model: str, api_key: str | None) -> tuple[float, float]:
+# Set by the collector on streams whose head it held until the first token.
+HEAD_HELD_HEADER = "X-Collector-Head-Held"
+
+
+def _one(target: str, model: str, api_key: str | None) -> tuple[float, float, bool]:
     body = {"model": model, "messages": [{"role": "user", "content": "probe: say something long"}],
             "max_tokens": 8, "stream": True, "ignore_eos": True}
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -42,6 +46,7 @@ def _one(target: str, model: str, api_key: str | None) -> tuple[float, float]:
     with requests.post(f"{target}/v1/chat/completions", json=body, headers=headers, stream=True,
                        timeout=60) as response:
         head = time.perf_counter() - start
+        held = response.headers.get(HEAD_HELD_HEADER) == "first-token"
         if response.status_code != 200:
             raise TargetError(f"{target}/v1/chat/completions answered HTTP {response.status_code}: "
                               f"{response.text[:160]}")
@@ -50,7 +55,7 @@ def _one(target: str, model: str, api_key: str | None) -> tuple[float, float]:
                 chunk = json.loads(line[5:])
                 if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
                     first = time.perf_counter() - start
-                    return head, first
+                    return head, first, held
     raise TargetError(f"{target}: a streaming chat completion produced no text")
 
 
@@ -62,5 +67,7 @@ def probe_target(target: str, model: str | None = None, api_key: str | None = No
         raise TargetError(f"{target}: streaming chat completion failed ({type(error).__name__})") from None
     head = statistics.median(s[0] for s in samples)
     first = statistics.median(s[1] for s in samples)
-    # Headers well before the first token: time to first byte says nothing about the first token.
-    return Probe(model, head, first, ttfb_is_ttft=(first - head) <= max(0.002, 0.25 * first))
+    # The collector says so in a header; any other proxy that holds the head shows it by timing:
+    # headers and first token in the same write (vLLM itself sends headers before prefill ends).
+    held = all(s[2] for s in samples) or (first - head) <= 0.002
+    return Probe(model, head, first, ttfb_is_ttft=held)

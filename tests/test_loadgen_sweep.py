@@ -19,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+import requests
 import yaml
 
 from loadgen.analysis import analyse
@@ -299,6 +300,10 @@ def test_probe_tells_the_collector_from_vllm(stack: Stack) -> None:
     assert through_collector.ttfb_is_ttft, through_collector
     assert not direct.ttfb_is_ttft, direct
     assert direct.headers_s < direct.first_token_s
+    head = requests.post(f"{stack.collector}/v1/chat/completions", stream=True, timeout=60, json={
+        "model": stack.model, "max_tokens": 2, "stream": True, "messages": [{"role": "user", "content": "x"}]})
+    with head:
+        assert head.headers.get("X-Collector-Head-Held") == "first-token"
 
 
 def test_host_memory_watchdog_stops_the_sweep(stack: Stack, tmp_path: Path) -> None:
