@@ -105,11 +105,14 @@ def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
     prometheus, prom_note = _prometheus(args.prometheus or service_url(settings, "PROMETHEUS_PORT"))
     annotator = Annotator.connect(args.grafana or service_url(settings, "GRAFANA_PORT"))
     notes = [n for n in (prom_note, annotator.note) if n]
-    if not probe.ttfb_is_ttft:
+    if probe.verdict == "headers before first token":
         notes.append(f"{target} sends response headers {probe.headers_s * 1000:.0f} ms after the request but the first "
                      f"token at {probe.first_token_s * 1000:.0f} ms: k6's time to first byte is not time to first "
-                     "token "
-                     "here (point --target at the collector); the SLO uses vLLM's own TTFT instead.")
+                     "token here (point --target at the collector); the SLO uses vLLM's own TTFT instead.")
+    elif not probe.ttfb_is_ttft:
+        notes.append(f"{target} sent its response headers and first token together in every probe round, and it does "
+                     "not say that it holds the head (the collector does): whether k6's time to first byte is time to "
+                     "first token is undetermined, so the SLO uses vLLM's own TTFT (point --target at the collector).")
     for note in notes:
         print(note, file=sys.stderr)
     remote_write = None if (prometheus is None or args.no_remote_write) else f"{prometheus.url}/api/v1/write"

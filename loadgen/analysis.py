@@ -54,6 +54,18 @@ def _get(d: dict[str, Any] | None, *keys: str) -> Any:
     return d
 
 
+def waiting_peak(vllm: dict[str, Any]) -> float | None:
+    """Requests waiting inside vLLM: the gauge's peak at scrape instants, or the mean counted from the
+    queue-time histogram (Little's law), whichever shows more; short waits slip between scrapes."""
+    values = [v for v in (vllm.get("waiting_max"), vllm.get("waiting_mean_counted")) if v is not None]
+    return max(values) if values else None
+
+
+def running_peak(vllm: dict[str, Any]) -> float | None:
+    values = [v for v in (vllm.get("running_max"), vllm.get("running_mean_counted")) if v is not None]
+    return max(values) if values else None
+
+
 def step_signals(step: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
     """Stress signals visible in a step's server-side metrics (and the client's errors)."""
     signals: list[str] = []
@@ -73,7 +85,7 @@ def step_signals(step: dict[str, Any], thresholds: dict[str, float]) -> list[str
     preemptions = vllm.get("preemptions") or 0
     if kv is not None and (kv >= thresholds.get("kv_cache_usage_ratio", 0.9) or preemptions >= 0.5):
         signals.append(f"KV cache {kv:.0%}" + (f", {preemptions:.0f} preemptions" if preemptions >= 0.5 else ""))
-    waiting = vllm.get("waiting_max")
+    waiting = waiting_peak(vllm)
     if waiting is not None and waiting >= 1:
         signals.append(f"queue: up to {waiting:.0f} waiting")
     if (step.get("k6") or {}).get("cpu_cores", 0) > CLIENT_CPU_BOUND_CORES:
@@ -105,7 +117,7 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
     ttft_bad, source = _ttft(bad, ttfb_is_ttft, "p95")
     itl_good, itl_bad = vg.get("itl_p95_s"), vb.get("itl_p95_s")
     kv, preemptions = vb.get("kv_cache_usage_max"), vb.get("preemptions") or 0
-    waiting_max, running_max = vb.get("waiting_max"), vb.get("running_max")
+    waiting_max, running_max = waiting_peak(vb), running_peak(vb)
 
     def line(label: str, before: Any, after: Any, fmt: str) -> str:
         prefix = f"{format(before, fmt)} at {_n_users(cg or 0)} -> " if (good and before is not None) else ""
@@ -123,18 +135,18 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
         evidence.append(line("KV cache usage peak", vg.get("kv_cache_usage_max"), kv, ".0%"))
         evidence.append(line("preemptions in the window", vg.get("preemptions"), preemptions, ".0f"))
         if waiting_max:
-            evidence.append(line("requests waiting (peak)", vg.get("waiting_max"), waiting_max, ".0f"))
+            evidence.append(line("requests waiting (peak)", waiting_peak(vg), waiting_max, ".0f"))
         evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
         return (f"KV cache capacity: the cache filled ({kv:.0%}) and vLLM preempted {preemptions:.0f} requests "
                 f"(recomputing them), so requests waited and latency climbed"), evidence
     ttft_rise = _rise(ttft_good, ttft_bad)
     if waiting_max is not None and waiting_max >= 1 and (ttft_rise is None or ttft_rise > 1.2):
-        evidence.append(line("requests waiting (peak)", vg.get("waiting_max"), waiting_max, ".0f"))
-        evidence.append(line("requests running (peak)", vg.get("running_max"), running_max, ".0f"))
+        evidence.append(line("requests waiting (peak)", waiting_peak(vg), waiting_max, ".0f"))
+        evidence.append(line("requests running (peak)", running_peak(vg), running_max, ".0f"))
         evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
         if (_rise(vg.get("queue_p95_s"), vb.get("queue_p95_s")) or 0) > 1.2:
             evidence.append(line("p95 queue time (vLLM)", vg.get("queue_p95_s"), vb["queue_p95_s"], ".3f"))
-        return (f"queueing: every sequence slot was busy ({running_max:.0f} running), up to {waiting_max:.0f} "
+        return (f"queueing: every sequence slot was busy ({running_max or 0:.0f} running), up to {waiting_max:.0f} "
                 f"requests waited and TTFT climbed"), evidence
     itl_rise = _rise(itl_good, itl_bad)
     if itl_rise is not None and itl_rise > 1.3 and (ttft_rise is None or ttft_rise < itl_rise):

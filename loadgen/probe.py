@@ -1,6 +1,11 @@
 """Before any step: is the target an OpenAI-compatible server, which model does it serve, and does
-its time to first byte equal its time to first token (true through the collector, which holds the
-response head until the first token; false straight against vLLM, which sends headers at once)?"""
+its time to first byte equal its time to first token?
+
+The collector holds the response head until the first token and says so in a header: that is the
+verdict. Any other target is judged by timing, and only where timing can tell: headers measurably
+ahead of the first token (vLLM itself sends them before prefill ends) mean TTFB is not TTFT; head
+and first token together in every round is "undetermined" (a server that delivers in bursts looks
+the same as a proxy that holds the head), and the sweep then takes TTFT from vLLM's own histogram."""
 
 from __future__ import annotations
 
@@ -16,12 +21,17 @@ class TargetError(RuntimeError):
     """One line: why the target cannot be load-tested."""
 
 
+# How far the head must lead the first token, in at least one round, to call them apart.
+HEAD_LEAD_S = 0.002
+
+
 @dataclass(frozen=True)
 class Probe:
     model: str
     headers_s: float  # median time to the response head
     first_token_s: float  # median time to the first chunk with generated text
     ttfb_is_ttft: bool
+    verdict: str  # "head held (collector header)", "headers before first token" or "undetermined"
 
 
 def served_model(target: str) -> str:
@@ -59,7 +69,7 @@ def _one(target: str, model: str, api_key: str | None) -> tuple[float, float, bo
     raise TargetError(f"{target}: a streaming chat completion produced no text")
 
 
-def probe_target(target: str, model: str | None = None, api_key: str | None = None, rounds: int = 3) -> Probe:
+def probe_target(target: str, model: str | None = None, api_key: str | None = None, rounds: int = 5) -> Probe:
     model = model or served_model(target)
     try:
         samples = [_one(target, model, api_key) for _ in range(rounds)]
@@ -67,7 +77,8 @@ def probe_target(target: str, model: str | None = None, api_key: str | None = No
         raise TargetError(f"{target}: streaming chat completion failed ({type(error).__name__})") from None
     head = statistics.median(s[0] for s in samples)
     first = statistics.median(s[1] for s in samples)
-    # The collector says so in a header; any other proxy that holds the head shows it by timing:
-    # headers and first token in the same write (vLLM itself sends headers before prefill ends).
-    held = all(s[2] for s in samples) or (first - head) <= 0.002
-    return Probe(model, head, first, ttfb_is_ttft=held)
+    if all(s[2] for s in samples):
+        return Probe(model, head, first, ttfb_is_ttft=True, verdict="head held (collector header)")
+    if any(s[1] - s[0] > HEAD_LEAD_S for s in samples):
+        return Probe(model, head, first, ttfb_is_ttft=False, verdict="headers before first token")
+    return Probe(model, head, first, ttfb_is_ttft=False, verdict="undetermined")

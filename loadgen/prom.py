@@ -103,15 +103,44 @@ def counter_rate(series: list[list[tuple[float, float]]]) -> tuple[float, float,
     return total / (end - start), start, end
 
 
-def collect_step(prom: Prometheus, model: str, start: float, end: float) -> dict[str, dict[str, float | None]]:
+QUANTILES = {"p50": 0.50, "p95": 0.95}
+
+
+def bucket_of(buckets: list[tuple[float, float]], q: float) -> tuple[float, float] | None:
+    """[lower, upper] bound of the bucket holding quantile q, from cumulative (le, count) pairs.
+
+    histogram_quantile interpolates linearly inside that bucket; when the bucket is the first one
+    (lower bound 0) the interpolated figure says nothing beyond "at most the upper bound"."""
+    ordered = sorted(buckets)
+    total = ordered[-1][1] if ordered else 0.0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower = 0.0
+    for le, count in ordered:
+        if count >= rank:
+            return lower, le
+        lower = le
+    return None
+
+
+def collect_step(prom: Prometheus, model: str, start: float, end: float) -> dict[str, dict[str, Any]]:
     """Every server-side and proxy-side figure of step-queries.yaml for the window [start, end]."""
-    window = f"{max(10, math.ceil(end - start))}s"
-    out: dict[str, dict[str, float | None]] = {}
-    for group, queries in step_queries().items():
-        if group in ("counters", "watchdog", "k6", "timeline"):
+    seconds = max(10, math.ceil(end - start))
+    values = {"model": model, "window": f"{seconds}s", "window_s": str(seconds)}
+    out: dict[str, dict[str, Any]] = {}
+    queries_by_group = step_queries()
+    for group, queries in queries_by_group.items():
+        if group in ("counters", "watchdog", "k6", "timeline", "buckets"):
             continue
-        out[group] = {name: prom.scalar(render(expr, model=model, window=window), at=end)
-                      for name, expr in queries.items()}
+        out[group] = {name: prom.scalar(render(expr, **values), at=end) for name, expr in queries.items()}
+    for key, expr in queries_by_group["buckets"].items():
+        group, metric = key.split(".")
+        pairs = [(float(r["metric"]["le"]), float(r["value"][1])) for r in prom.vector(render(expr, **values), at=end)]
+        for name, q in QUANTILES.items():
+            bounds = bucket_of(pairs, q)
+            if group in out:
+                out[group][f"{metric}_{name}_bucket_s"] = list(bounds) if bounds else None
     return out
 
 

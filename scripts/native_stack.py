@@ -119,7 +119,9 @@ def vllm_command(s: dict[str, str]) -> list[str]:
 
 # Collector settings passed from compose/.env(.example) to the collector's environment.
 COLLECTOR_ENV = ("COLLECTOR_CONNECT_TIMEOUT", "COLLECTOR_MAX_BODY_BYTES", "COLLECTOR_API_KEY",
-                 "COLLECTOR_CAPTURE_CONTENT")
+                 "COLLECTOR_CAPTURE_CONTENT", "COLLECTOR_FIRST_BYTE_TIMEOUT", "COLLECTOR_RESPONSE_TIMEOUT",
+                 "COLLECTOR_IDLE_TIMEOUT", "COLLECTOR_CLIENT_HEADER_TIMEOUT", "COLLECTOR_CLIENT_BODY_TIMEOUT",
+                 "COLLECTOR_MAX_N", "COLLECTOR_RELAY_PATHS")
 
 
 def collector_command(s: dict[str, str]) -> list[str]:
@@ -368,7 +370,7 @@ def up(s: dict[str, str], only: list[str] | None = None) -> None:
     if not to_start:
         print("native stack already running")
         return
-    if any(svc.name == "vllm" for svc in to_start) and not (model_dir() / "config.json").exists():
+    if any(svc.name == "vllm" for svc in to_start):  # make_model.py skips a current model
         subprocess.run([str(APP_PYTHON), str(ROOT / "scripts" / "make_model.py"), str(model_dir())], check=True)
     write_prometheus_dir(s)
     started: list[str] = []
@@ -402,9 +404,14 @@ def wait_healthy(svc: Service, s: dict[str, str]) -> None:
     raise StackError(f"{svc.name} not healthy after {svc.start_timeout:.0f} s (see {log_file(svc.name)})")
 
 
-def down(s: dict[str, str]) -> None:
-    stopped = [svc.name for svc in reversed(services(s)) if stop(svc.name)]
-    print("stopped: " + ", ".join(stopped) if stopped else "native stack is not running")
+def down(s: dict[str, str], only: list[str] | None = None) -> None:
+    """Stop what `up` started (all of it, or only the named services), in reverse start order."""
+    wanted = [svc for svc in reversed(services(s)) if only is None or svc.name in only]
+    stopped = [svc.name for svc in wanted if stop(svc.name)]
+    if stopped:
+        print("stopped: " + ", ".join(stopped))
+    else:
+        print("native stack is not running" if only is None else "not running: " + ", ".join(only))
 
 
 def status(s: dict[str, str]) -> int:
@@ -423,11 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("services", nargs="*", help="only these services (default: all)")
     args = parser.parse_args(argv)
     settings = read_settings()
+    known = [svc.name for svc in services(settings)]
+    unknown = [name for name in args.services if name not in known]
+    if unknown:
+        parser.error(f"unknown service {', '.join(unknown)} (services: {', '.join(known)})")
     try:
         if args.command == "up":
             up(settings, args.services or None)
         elif args.command == "down":
-            down(settings)
+            down(settings, args.services or None)
         else:
             return status(settings)
     except StackError as error:
