@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
-from aiohttp import web
-
 from collector.app import build_app
+from collector.server import serve
 from collector.settings import parse_args
 
 
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(settings)
     logging.getLogger("collector").info("proxying %s on %s:%d", settings.upstream_base, settings.host,
                                         settings.port)
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
-                handler_cancellation=True, loop=loop_factory() if loop_factory else None)
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(app, settings))
     return 0
 
 

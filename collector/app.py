@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from collector import errors
 from collector.metrics import Metrics
 from collector.models import ModelNames
-from collector.proxy import OPERATIONS, Proxy
+from collector.proxy import OPERATIONS, Proxy, canonical_path
 from collector.settings import Settings
 from collector.tracing import setup_tracing, tracer
 from collector.upstream import make_session
@@ -33,6 +33,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         error_type = errors.INVALID_REQUEST if error.status < 500 else errors.INTERNAL
         return errors.error_response(error.status, error.reason, error_type)
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return errors.error_response(500, "internal error in the collector", errors.INTERNAL)
 
 
 def build_app(settings: Settings, metrics: Metrics | None = None,
@@ -61,16 +66,24 @@ def build_app(settings: Settings, metrics: Metrics | None = None,
         return response
 
     async def generation(request: web.Request) -> web.StreamResponse:
-        return await app[PROXY_KEY].generate(request)
+        return await app[PROXY_KEY].generate(request, request.path)
 
-    async def relay(request: web.Request) -> web.StreamResponse:
-        return await app[PROXY_KEY].relay(request)
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        """Every path but the exact ones above, routed by its canonical form (no trailing slash):
+        `/v1/chat/completions/` is metered as chat, `/metrics/` is the collector's own, and the rest
+        is relayed or refused by the exposure policy (Proxy.relay)."""
+        path = canonical_path(request.path)
+        if path in OPERATIONS:
+            return await app[PROXY_KEY].generate(request, path)
+        if path == "/metrics" and request.method in ("GET", "HEAD"):
+            return await serve_metrics(request)
+        return await app[PROXY_KEY].relay(request, path)
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/metrics", serve_metrics)
     for path in OPERATIONS:
         app.router.add_route("*", path, generation)
-    app.router.add_route("*", "/{tail:.*}", relay)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
 
 

@@ -10,11 +10,17 @@ from aiohttp import web
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
 UPSTREAM_UNAVAILABLE = "upstream_unavailable"
-UPSTREAM_TIMEOUT = "upstream_timeout"
+# Each bounded wait on the upstream has its own (settings: COLLECTOR_*_TIMEOUT).
+UPSTREAM_CONNECT_TIMEOUT = "upstream_connect_timeout"
+UPSTREAM_FIRST_BYTE_TIMEOUT = "upstream_first_byte_timeout"
+UPSTREAM_RESPONSE_TIMEOUT = "upstream_response_timeout"
+UPSTREAM_IDLE_TIMEOUT = "upstream_idle_timeout"
 UPSTREAM_DISCONNECTED = "upstream_disconnected"
 UPSTREAM_STREAM_ERROR = "upstream_stream_error"
 CLIENT_DISCONNECTED = "client_disconnected"
 INTERNAL = "internal_error"
+NOT_FOUND = "not_found_error"
+CLIENT_TIMEOUT = "client_timeout"
 
 
 def error_body(message: str, error_type: str, status: int, param: str | None = None) -> bytes:

@@ -91,7 +91,8 @@ class Metrics:
             "collector_passthrough_requests", "Requests to other paths, relayed unmetered, by status class.",
             ("status_class",), registry=r)
         self.upstream_up = Gauge(
-            "collector_upstream_up", "1 when the last model-list refresh from the upstream succeeded.",
+            "collector_upstream_up", "1 when the upstream answered the latest request or model-list refresh, "
+            "0 when it could not be reached.",
             registry=r)
         # labels() costs a lock and a tuple build per call: the children are looked up once per label set.
         self._series: dict[tuple[str, str], RequestSeries] = {}

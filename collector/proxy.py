@@ -9,11 +9,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from yarl import URL
 
 from collector import errors
 from collector.metrics import Metrics, finish_reason_label
@@ -21,7 +23,7 @@ from collector.models import ModelNames
 from collector.settings import Settings
 from collector.sse import StreamScanner
 from collector.tracing import trace_id_hex
-from collector.upstream import request_headers, response_headers
+from collector.upstream import relay_headers, request_headers, response_headers
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,61 @@ CLIENT_CLOSED_STATUS = 499  # nginx's convention: the client went away before th
 # Events without generated content (role chunk, empty deltas) held before the first token: past this
 # the head is sent anyway, so a strange upstream cannot make the collector hold unbounded bytes.
 MAX_HELD_BYTES = 1 << 20
+# What pydantic (vLLM's request models) accepts as true for a bool field, besides true, 1 and 1.0.
+TRUE_STRINGS = frozenset({"1", "on", "t", "true", "y", "yes"})
+# Python's JSON parser recurses per nesting level: a deeply nested body ends in RecursionError.
+JSON_ERRORS = (ValueError, RecursionError)
+
+
+def canonical_path(path: str) -> str | None:
+    """The path a request is routed and relayed by: trailing slashes dropped (so
+    `/v1/chat/completions/` is the chat endpoint, never the upstream's redirect to it). None for a
+    path with empty, `.` or `..` segments (decoded): the upstream's URL normalisation would send
+    those somewhere else than the path the collector checked."""
+    trimmed = path.rstrip("/")
+    if not trimmed:
+        return "/"
+    if any(segment in ("", ".", "..") for segment in trimmed.split("/")[1:]):
+        return None
+    return trimmed
+
+
+def stream_requested(value: object) -> bool:
+    """Whether vLLM streams for this `stream` value (pydantic's lax bool: true, 1, 1.0, "true", "yes", ...)."""
+    if value is True:
+        return True
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, int | float):
+        return value == 1
+    return isinstance(value, str) and value.lower() in TRUE_STRINGS
+
+
+def choice_count(value: object) -> int | None:
+    """`n` as vLLM reads it (pydantic's lax int: 3, 3.0, "3", " 3 "); None when it is not a number."""
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        try:
+            number = float(value.strip().replace("_", ""))
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() else None
+    return None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The upstream could not be used: what the client gets and what the metrics count."""
+
+    status: int
+    error_type: str
+    message: str
+
+    def response(self) -> web.Response:
+        return errors.error_response(self.status, self.message, self.error_type)
 
 
 @dataclass
@@ -75,6 +132,15 @@ class Proxy:
         self.metrics = metrics
         self.models = models
         self.tracer = tracer
+        self.relay_paths = frozenset(settings.relay_paths)
+        self._origin = str(URL(settings.upstream_base).origin())
+        self._operation_urls = {path: URL(settings.upstream_base + path, encoded=True) for path in OPERATIONS}
+        connect = settings.connect_timeout
+        # sock_read bounds the wait for the response head; after it, each read (see _read_timeout).
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect, sock_read=settings.first_byte_timeout)
+        self._whole_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect, sock_read=settings.response_timeout)
 
     # --- shared checks -------------------------------------------------------------------------
 
@@ -94,19 +160,37 @@ class Proxy:
         if request.content_length is not None and request.content_length > limit:
             return errors.error_response(413, f"request body over {limit} bytes", errors.INVALID_REQUEST)
         try:
-            return await request.read()
+            async with asyncio.timeout(self.settings.client_body_timeout):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             return errors.error_response(413, f"request body over {limit} bytes", errors.INVALID_REQUEST)
+        except TimeoutError:
+            response = errors.error_response(
+                408, f"request body not received within {self.settings.client_body_timeout:g} s",
+                errors.CLIENT_TIMEOUT)
+            response.force_close()  # the rest of the body may still come: not a next request
+            return response
 
-    async def _send(self, method: str, url: str, body: bytes | None,
-                    headers: Any) -> aiohttp.ClientResponse | web.Response:
+    async def _send(self, method: str, url: URL, body: bytes | None, headers: Any,
+                    stream: bool) -> aiohttp.ClientResponse | Failure:
+        """The upstream's response head, or why there is none. `stream`: the head is bounded by
+        the first-byte timeout (a stream's head comes at once), else by the response timeout."""
+        timeout = self._stream_timeout if stream else self._whole_timeout
         for attempt in (1, 2):
             try:
-                return await self.session.request(method, url, data=body, headers=headers,
-                                                  allow_redirects=False)
+                response = await self.session.request(method, url, data=body, headers=headers,
+                                                      allow_redirects=False, timeout=timeout)
             except aiohttp.ConnectionTimeoutError:
-                return errors.error_response(503, "upstream did not accept the connection in time",
-                                             errors.UPSTREAM_TIMEOUT)
+                self.models.note_unreachable()
+                return Failure(503, errors.UPSTREAM_CONNECT_TIMEOUT,
+                               "upstream did not accept the connection in time")
+            except aiohttp.ServerTimeoutError:
+                # sock_read: connected and sent, but no response head in time.
+                if stream:
+                    return Failure(504, errors.UPSTREAM_FIRST_BYTE_TIMEOUT, "upstream sent no response head "
+                                   f"within {self.settings.first_byte_timeout:g} s")
+                return Failure(504, errors.UPSTREAM_RESPONSE_TIMEOUT,
+                               f"upstream did not answer within {self.settings.response_timeout:g} s")
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
                 # A pooled keep-alive connection the upstream closed just as it was reused (vLLM
                 # closes idle ones after 5 s): nothing was answered, so try once on a new one, as
@@ -117,66 +201,97 @@ class Proxy:
                 return self._unavailable(method, url, error)
             except aiohttp.ClientError as error:
                 return self._unavailable(method, url, error)
+            self.models.note_reachable()
+            # From here on each read waits at most the idle timeout (a stream's first token: the
+            # first-byte timeout, until _read_timeout switches it).
+            if not stream:
+                self._read_timeout(response, self.settings.idle_timeout)
+            return response
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _unavailable(method: str, url: str, error: Exception) -> web.Response:
+    def _unavailable(self, method: str, url: URL, error: Exception) -> Failure:
         log.warning("upstream unavailable for %s %s: %r", method, url, error)
-        return errors.error_response(502, f"upstream unavailable: {type(error).__name__}",
-                                     errors.UPSTREAM_UNAVAILABLE)
+        self.models.note_unreachable()
+        return Failure(502, errors.UPSTREAM_UNAVAILABLE, f"upstream unavailable: {type(error).__name__}")
+
+    @staticmethod
+    def _read_timeout(upstream: aiohttp.ClientResponse, seconds: float) -> None:
+        """Bound each further read of this response by `seconds` (counted from now)."""
+        connection = upstream.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = seconds
+            connection.protocol.start_timeout()
 
     # --- every other path ----------------------------------------------------------------------
 
-    async def relay(self, request: web.Request) -> web.StreamResponse:
-        """Pass-through for /v1/models, /health and anything else: no metering beyond a counter."""
+    async def relay(self, request: web.Request, path: str | None) -> web.StreamResponse:
+        """Pass-through for /v1/* and the allow-listed paths (settings.relay_paths), API key
+        enforced; every other path is a 404 here and never reaches the upstream."""
         if request.method not in RELAY_METHODS:
             response: web.StreamResponse = errors.error_response(
                 405, f"method {request.method} not allowed", errors.INVALID_REQUEST)
-        elif request.path.startswith("/v1/") and (denied := self._unauthorized(request)) is not None:
+        elif (denied := self._unauthorized(request)) is not None:
             response = denied
+        elif path is None or not (path.startswith("/v1/") or path in self.relay_paths):
+            response = errors.error_response(404, f"no such path: {request.method} {request.path}"[:300],
+                                             errors.NOT_FOUND)
         else:
-            response = await self._relay(request)
+            response = await self._relay(request, path)
         self.metrics.passthrough_requests.labels(f"{response.status // 100}xx").inc()
         return response
 
-    async def _relay(self, request: web.Request) -> web.StreamResponse:
+    def _upstream_url(self, request: web.Request, path: str) -> URL:
+        query = request.rel_url.raw_query_string
+        return URL(self.settings.upstream_base + quote(path, safe="/:@!$&'()*+,;=~")
+                   + ("?" + query if query else ""), encoded=True)
+
+    async def _relay(self, request: web.Request, path: str) -> web.StreamResponse:
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
-        upstream = await self._send(request.method, self.settings.upstream_base + request.path_qs,
-                                    body or None, request_headers(request.headers))
-        if isinstance(upstream, web.Response):
-            return upstream
+        # The client's Accept-Encoding goes through (none sent: none asked of the upstream).
+        upstream = await self._send(request.method, self._upstream_url(request, path), body or None,
+                                    relay_headers(request.headers), stream=False)
+        if isinstance(upstream, Failure):
+            return upstream.response()
         async with upstream:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                          headers=response_headers(upstream.headers))
+            headers = response_headers(upstream.headers)
+            location = headers.get("Location")
+            if location is not None and location.startswith(self._origin):
+                # Never hand out the upstream's address: its redirects point at the collector.
+                headers["Location"] = location[len(self._origin):] or "/"
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             await response.prepare(request)
             try:
                 async for data in upstream.content.iter_any():
                     await response.write(data)
-            except aiohttp.ClientError:
-                log.warning("upstream closed %s %s mid-response", request.method, request.path)
+            except aiohttp.ClientError as error:
+                log.warning("upstream failed %s %s mid-response: %r", request.method, path, error)
+                upstream.close()
+                # The head is out: closing the connection is the only way left to say "incomplete".
+                if request.transport is not None:
+                    request.transport.close()
                 return response
             await response.write_eof()
         return response
 
     # --- generation endpoints ------------------------------------------------------------------
 
-    async def generate(self, request: web.Request) -> web.StreamResponse:
+    async def generate(self, request: web.Request, path: str) -> web.StreamResponse:
         started = time.perf_counter()
-        operation = OPERATIONS[request.path]
+        operation = OPERATIONS[path]
         span = self.tracer.start_span(
             operation, context=propagate.extract(request.headers), kind=SpanKind.CLIENT,
             attributes={"gen_ai.operation.name": operation, "gen_ai.system": "vllm",
                         "gen_ai.provider.name": "vllm", "http.request.method": request.method,
-                        "url.path": request.path})
+                        "url.path": path})
         exchange = Exchange(operation=operation, model="other", started=started, span=span)
         in_flight = self.metrics.series("other", operation).in_flight
         in_flight.inc()
         try:
-            return await self._generate(request, exchange)
+            return await self._generate(request, path, exchange)
         except asyncio.CancelledError:
             exchange.fail(CLIENT_CLOSED_STATUS, errors.CLIENT_DISCONNECTED)
             raise
@@ -193,9 +308,9 @@ class Proxy:
         exchange.fail(status, error_type)
         return errors.error_response(status, message, error_type, param)
 
-    async def _generate(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    async def _generate(self, request: web.Request, path: str, exchange: Exchange) -> web.StreamResponse:
         if request.method != "POST":
-            return self._reject(exchange, 405, f"{request.path} accepts POST only, not {request.method}",
+            return self._reject(exchange, 405, f"{path} accepts POST only, not {request.method}",
                                 errors.INVALID_REQUEST)
         denied = self._unauthorized(request)
         if denied is not None:
@@ -206,10 +321,12 @@ class Proxy:
                                 errors.INVALID_REQUEST)
         raw = await self._read_body(request)
         if isinstance(raw, web.Response):
-            exchange.fail(raw.status, errors.INVALID_REQUEST)
+            exchange.fail(raw.status, errors.CLIENT_TIMEOUT if raw.status == 408 else errors.INVALID_REQUEST)
             return raw
         try:
             body = json.loads(raw)
+        except RecursionError:
+            return self._reject(exchange, 400, "request body is nested too deeply", errors.INVALID_REQUEST)
         except ValueError as error:
             return self._reject(exchange, 400, f"request body is not valid JSON: {error}",
                                 errors.INVALID_REQUEST)
@@ -217,8 +334,12 @@ class Proxy:
             return self._reject(exchange, 400, "request body must be a JSON object", errors.INVALID_REQUEST)
 
         exchange.model = self.models.label(body.get("model"))
+        n = choice_count(body.get("n"))
+        if n is not None and n > self.settings.max_n:
+            return self._reject(exchange, 400, f"n must be at most {self.settings.max_n}, got {n}",
+                                errors.INVALID_REQUEST, "n")
+        exchange.stream = stream_requested(body.get("stream"))
         self._annotate_request(exchange, body)
-        exchange.stream = body.get("stream") is True
         strip_usage = False
         if exchange.stream:
             options = body.get("stream_options")
@@ -226,17 +347,21 @@ class Proxy:
                 # Token counts come from the usage event; the client did not ask for it, so it is
                 # requested here and cut out of what the client receives.
                 body["stream_options"] = {**(options or {}), "include_usage": True}
+                body["stream"] = True  # "true", 1, "yes": what vLLM streams for, stated plainly
                 strip_usage = True
-                raw = json.dumps(body, separators=(",", ":")).encode()
+                try:
+                    raw = json.dumps(body, separators=(",", ":")).encode()
+                except RecursionError:
+                    return self._reject(exchange, 400, "request body is nested too deeply",
+                                        errors.INVALID_REQUEST)
 
         headers = request_headers(request.headers)
         headers["Content-Type"] = "application/json"
         propagate.inject(headers, context=trace.set_span_in_context(exchange.span))
-        upstream = await self._send("POST", self.settings.upstream_base + request.path, raw, headers)
-        if isinstance(upstream, web.Response):
-            exchange.fail(upstream.status, errors.UPSTREAM_TIMEOUT if upstream.status == 503
-                          else errors.UPSTREAM_UNAVAILABLE)
-            return upstream
+        upstream = await self._send("POST", self._operation_urls[path], raw, headers, exchange.stream)
+        if isinstance(upstream, Failure):
+            exchange.fail(upstream.status, upstream.error_type)
+            return upstream.response()
         async with upstream:
             if upstream.status != 200:
                 return await self._upstream_error(upstream, exchange)
@@ -247,7 +372,7 @@ class Proxy:
     def _annotate_request(self, exchange: Exchange, body: dict[str, Any]) -> None:
         span = exchange.span
         span.update_name(f"{exchange.operation} {exchange.model}")
-        attributes: dict[str, Any] = {"gen_ai.request.stream": body.get("stream") is True}
+        attributes: dict[str, Any] = {"gen_ai.request.stream": exchange.stream}
         requested = body.get("model")
         if isinstance(requested, str):
             attributes["gen_ai.request.model"] = requested[:MAX_ATTRIBUTE_CHARS]
@@ -261,20 +386,31 @@ class Proxy:
         span.set_attributes(attributes)
 
     async def _upstream_error(self, upstream: aiohttp.ClientResponse, exchange: Exchange) -> web.Response:
-        body = await upstream.content.read(MAX_ERROR_BODY)
+        self._read_timeout(upstream, self.settings.idle_timeout)
+        try:
+            body = await upstream.content.read(MAX_ERROR_BODY)
+        except aiohttp.ClientError:
+            upstream.close()
+            body = errors.error_body("upstream error (its body was not received)", str(upstream.status),
+                                     upstream.status)
         exchange.fail(upstream.status, str(upstream.status))
         return web.Response(status=upstream.status, body=body, headers=response_headers(upstream.headers))
 
     async def _relay_whole(self, upstream: aiohttp.ClientResponse, exchange: Exchange) -> web.Response:
+        self._read_timeout(upstream, self.settings.idle_timeout)
         try:
             body = await upstream.read()
+        except aiohttp.ServerTimeoutError:
+            upstream.close()
+            return self._reject(exchange, 504, f"upstream went silent for {self.settings.idle_timeout:g} s "
+                                "mid-response", errors.UPSTREAM_IDLE_TIMEOUT)
         except aiohttp.ClientError:
             return self._reject(exchange, 502, "upstream closed the connection mid-response",
                                 errors.UPSTREAM_DISCONNECTED)
         exchange.ended = time.perf_counter()
         try:
             parsed = json.loads(body)
-        except ValueError:
+        except JSON_ERRORS:
             parsed = None
         if isinstance(parsed, dict):
             if isinstance(parsed.get("usage"), dict):
@@ -314,18 +450,22 @@ class Proxy:
 
     async def _pump(self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange,
                     scanner: StreamScanner) -> web.StreamResponse:
-        """Relay the stream; the response head waits for the first token (so TTFB = TTFT)."""
+        """Relay the stream; the response head waits for the first token (so TTFB = TTFT).
+        Until the first token each read waits at most the first-byte timeout, then the idle timeout."""
         response: web.StreamResponse | None = None
         held: list[bytes] = []
         held_bytes = 0
-        upstream_failed = False
+        failure: str | None = None  # an error type, when the upstream failed
         content = upstream.content
         try:
             while response is None:
                 try:
                     data = await content.readany()
+                except aiohttp.ServerTimeoutError:
+                    failure = errors.UPSTREAM_FIRST_BYTE_TIMEOUT
+                    break
                 except (aiohttp.ClientError, TimeoutError):
-                    upstream_failed = True
+                    failure = errors.UPSTREAM_DISCONNECTED
                     break
                 if not data:
                     break
@@ -336,6 +476,7 @@ class Proxy:
                     held.append(out)
                     held_bytes += len(out)
                 if scanner.first_token_at is not None:
+                    self._read_timeout(upstream, self.settings.idle_timeout)
                     exchange.ttft = scanner.first_token_at - exchange.started
                     exchange.span.add_event("gen_ai.first_token", {"gen_ai.response.time_to_first_chunk":
                                                                    exchange.ttft})
@@ -347,20 +488,33 @@ class Proxy:
                 if scanner.first_token_at is not None or held_bytes > MAX_HELD_BYTES:
                     response = await self._open_stream(request, upstream, held)
                     held = []
-            if response is not None:
-                upstream_failed = await self._relay_tokens(content, scanner, response)
+            if response is not None and failure is None:
+                failure = await self._relay_tokens(content, scanner, response)
+            if failure is not None:
+                # A stalled upstream is dropped: vLLM aborts the request when its client goes away.
+                upstream.close()
             rest = scanner.flush()
             if response is None:
-                if upstream_failed or not (scanner.done or scanner.finish_reasons):
+                if failure == errors.UPSTREAM_FIRST_BYTE_TIMEOUT:
+                    return self._reject(exchange, 504, "upstream sent no token within "
+                                        f"{self.settings.first_byte_timeout:g} s", failure)
+                if failure is not None or not (scanner.done or scanner.finish_reasons):
                     return self._reject(exchange, 502, "upstream closed the stream before the first token",
                                         errors.UPSTREAM_DISCONNECTED)
                 response = await self._open_stream(request, upstream, [*held, rest])
-            elif rest:
+            elif rest and failure is None:
                 await response.write(rest)
-            if upstream_failed or not (scanner.done or scanner.finish_reasons):
-                exchange.error_type = errors.UPSTREAM_DISCONNECTED
-                await response.write(errors.sse_error_event(
-                    "upstream closed the stream mid-response", errors.UPSTREAM_DISCONNECTED, 502))
+            if failure is None and not (scanner.done or scanner.finish_reasons):
+                failure = errors.UPSTREAM_DISCONNECTED
+            if failure is not None:
+                exchange.error_type = failure
+                if failure == errors.UPSTREAM_DISCONNECTED:
+                    message, status = "upstream closed the stream mid-response", 502
+                elif failure == errors.UPSTREAM_FIRST_BYTE_TIMEOUT:
+                    message, status = f"upstream sent no token within {self.settings.first_byte_timeout:g} s", 504
+                else:
+                    message, status = f"upstream went silent for {self.settings.idle_timeout:g} s mid-stream", 504
+                await response.write(errors.sse_error_event(message, failure, status))
             elif scanner.error is not None:
                 exchange.error_type = errors.UPSTREAM_STREAM_ERROR
             await response.write_eof()
@@ -377,17 +531,20 @@ class Proxy:
 
     @staticmethod
     async def _relay_tokens(content: aiohttp.StreamReader, scanner: StreamScanner,
-                            response: web.StreamResponse) -> bool:
+                            response: web.StreamResponse) -> str | None:
         """The hot loop after the first token: one read, one scan, one write per upstream chunk.
-        Returns True when the upstream failed. A client write failure propagates (ConnectionError)."""
+        Returns the error type when the upstream failed (None: it ended the stream). A client write
+        failure propagates (ConnectionError)."""
         feed, write, clock = scanner.feed, response.write, time.perf_counter
         while True:
             try:
                 data = await content.readany()
+            except aiohttp.ServerTimeoutError:
+                return errors.UPSTREAM_IDLE_TIMEOUT
             except (aiohttp.ClientError, TimeoutError):
-                return True
+                return errors.UPSTREAM_DISCONNECTED
             if not data:
-                return False
+                return None
             out = feed(data, clock())
             if out:
                 await write(out)

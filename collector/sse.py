@@ -222,7 +222,7 @@ class StreamScanner:
             return DONE
         try:
             return json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: not an event the collector reads
             return None
 
 

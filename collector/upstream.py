@@ -25,7 +25,9 @@ def make_session(connect_timeout: float) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
     timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_connect=connect_timeout)
     return aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False, skip_auto_headers=("User-Agent",),
+        # Not aiohttp's default Accept-Encoding: the upstream compresses only for a client that asked.
+        connector=connector, timeout=timeout, auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
         # Headers and reads are not limited by the client beyond the stream reader's own flow control.
         read_bufsize=1 << 16,
     )
@@ -33,6 +35,15 @@ def make_session(connect_timeout: float) -> aiohttp.ClientSession:
 
 def request_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in _REQUEST_DROP)
+
+
+def relay_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """For unmetered paths: as request_headers, but the client's Accept-Encoding passes (the body is
+    relayed as is, so it may stay compressed for a client that asked for it)."""
+    headers = request_headers(incoming)
+    for value in incoming.getall("Accept-Encoding", ()):
+        headers.add("Accept-Encoding", value)
+    return headers
 
 
 def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:

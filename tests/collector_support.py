@@ -32,15 +32,18 @@ if not PYTHON.exists():
 
 
 @contextmanager
-def collector_process(upstream: str, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """The real collector (python -m collector) on a free port; yields its base URL."""
+def collector_process(upstream: str, *args: str, env: dict[str, str] | None = None,
+                      log: Path | None = None) -> Iterator[str]:
+    """The real collector (python -m collector) on a free port; yields its base URL. `log`: a file
+    that receives the collector's stderr (its log)."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COLLECTOR_"))}
     environ.update(env or {})
+    stderr = log.open("wb") if log is not None else subprocess.PIPE
     process = subprocess.Popen(  # not bench_proxy.running: a failed start shows the collector's stderr
         [str(PYTHON), "-m", "collector", "--upstream", upstream, "--host", "127.0.0.1", "--port", str(port),
          *args],
-        cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -50,6 +53,8 @@ def collector_process(upstream: str, *args: str, env: dict[str, str] | None = No
         stop_group(process)
         if process.stderr is not None:
             process.stderr.close()
+        if log is not None and not isinstance(stderr, int):
+            stderr.close()
 
 
 def metric_samples(base_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -113,9 +118,9 @@ def read_stream(url: str, body: dict[str, Any], timeout: float = 60,
 # --- an aiohttp app in a background thread (a scripted upstream for the proxy's own logic) -------
 
 @contextmanager
-def serve_app(app: web.Application) -> Iterator[str]:
+def serve_app(app: web.Application, port: int | None = None) -> Iterator[str]:
     loop = asyncio.new_event_loop()
-    port = free_port()
+    port = port if port is not None else free_port()
     runner = web.AppRunner(app, handler_cancellation=True)
     ready = threading.Event()
 
