@@ -206,7 +206,8 @@ def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None
     p.add_argument("--request-timeout-s", dest="request_timeout_s", type=float)
     p.add_argument("--max-concurrency", type=int)
     p.add_argument("--no-search", action="store_true", help="run only the seed steps")
-    p.add_argument("--bandwidth-gb-s", type=float, help="GPU memory bandwidth for the decode limit (GB10: 273)")
+    p.add_argument("--bandwidth-gb-s", type=float,
+                   help="GPU memory bandwidth for the decode limit (default: from the GPU's name; GB10: 273)")
 
 
 def main(argv: list[str] | None = None) -> int:

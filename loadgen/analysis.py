@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen import knee
+from loadgen import diagnosis, knee
 from loadgen.plan import Plan, plan_from_dict
 from loadgen.thresholds import load_thresholds
 
-CLIENT_CPU_BOUND_CORES = 0.8  # k6 using most of one core: it measures itself, not the server
-THROUGHPUT_AGREEMENT = 0.10
-HOST_CPU_SATURATED = 0.95  # client vs vLLM counter tok/s further apart than this is flagged
+# k6 is multi-threaded: it is CPU-bound when it uses most of the cores it can run on.
+CLIENT_CPU_BOUND_SHARE = 0.8
+THROUGHPUT_AGREEMENT = 0.10  # client vs vLLM counter tok/s further apart than this is flagged
+HOST_CPU_SATURATED = diagnosis.HOST_CPU_SATURATED
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Row:
     ttft_p50_s: float | None
     ttft_p95_s: float | None
     ttft_source: str
+    user_tok_s_source: str  # "client", or "vLLM (1 / mean ITL; client saw bunched tokens)"
     e2e_p95_s: float | None
     requests: int
     errors: int
@@ -44,6 +46,11 @@ class Analysis:
     bandwidth: dict[str, Any]
     flags: list[str] = field(default_factory=list)
     first_signal: str | None = None
+    waits: list[diagnosis.Wait] = field(default_factory=list)
+    throughput_knee: diagnosis.ThroughputKnee | None = None
+    usl: diagnosis.UslFit | None = None
+    checks: list[diagnosis.Check] = field(default_factory=list)
+    client_signals: list[str] = field(default_factory=list)
 
 
 def _get(d: dict[str, Any] | None, *keys: str) -> Any:
@@ -79,8 +86,7 @@ def step_signals(step: dict[str, Any], thresholds: dict[str, float]) -> list[str
         if ratio < thresholds.get("host_memory_available_ratio", 0.1):
             signals.append(f"host memory available {ratio:.0%}")
     if client.get("errors"):
-        kinds = ", ".join(f"{n} {k}" for k, n in sorted(client.get("error_kinds", {}).items()))
-        signals.append(f"errors ({kinds})")
+        signals.append(f"errors ({error_kinds(step)})")
     kv = vllm.get("kv_cache_usage_max")
     preemptions = vllm.get("preemptions") or 0
     if kv is not None and (kv >= thresholds.get("kv_cache_usage_ratio", 0.9) or preemptions >= 0.5):
@@ -88,9 +94,30 @@ def step_signals(step: dict[str, Any], thresholds: dict[str, float]) -> list[str
     waiting = waiting_peak(vllm)
     if waiting is not None and waiting >= 1:
         signals.append(f"queue: up to {waiting:.0f} waiting")
-    if (step.get("k6") or {}).get("cpu_cores", 0) > CLIENT_CPU_BOUND_CORES:
-        signals.append("load client CPU-bound")
+    wait = diagnosis.where_waited(step)
+    if wait is not None and wait.front_of_engine:
+        signals.append(f"{wait.in_front:.0f} requests waited in front of the engine"
+                       + (f" ({wait.where})" if wait.where and wait.where != "undetermined" else ""))
+    api_cpu = vllm.get("api_server_cpu_cores")
+    if api_cpu is not None and api_cpu >= diagnosis.PROCESS_SATURATED_CORES:
+        signals.append(f"vLLM API server {api_cpu:.2f} core")
+    collector_cpu = _get(step, "server", "collector", "cpu_cores")
+    if collector_cpu is not None and collector_cpu >= diagnosis.PROCESS_SATURATED_CORES:
+        signals.append(f"collector {collector_cpu:.2f} core")
+    busy = host.get("cpu_busy_ratio")
+    if busy is not None and busy >= HOST_CPU_SATURATED:
+        signals.append(f"host CPU {busy:.0%} busy")
     return signals
+
+
+def error_kinds(step: dict[str, Any]) -> str:
+    """Every error of a step by its precise kind and source: the client's status classes, and the
+    collector's own error_type (e.g. upstream_connect_timeout) where it recorded the failure."""
+    client = step.get("client") or {}
+    parts = [f"{n} {k} at the client" for k, n in sorted((client.get("error_kinds") or {}).items())]
+    by_type = _get(step, "server", "collector_errors") or {}
+    parts += [f"{n:.0f} {k} at the collector" for k, n in sorted(by_type.items()) if n >= 0.5]
+    return ", ".join(parts) or "none"
 
 
 def _ttft(step: dict[str, Any], ttfb_is_ttft: bool, q: str) -> tuple[float | None, str]:
@@ -128,7 +155,7 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
         return "host memory: MemAvailable fell under the watchdog floor (unified memory would freeze the box)", evidence
     client = bad.get("client") or {}
     if client.get("error_ratio", 0) > 0 and any("error" in b for b in bad["slo"]["broken"]):
-        kinds = ", ".join(f"{n} {k}" for k, n in sorted(client.get("error_kinds", {}).items()))
+        kinds = error_kinds(bad)
         evidence.append(f"errors in the steady window: {kinds} of {client.get('requests')} requests")
         return f"errors: {client['error_ratio']:.1%} of requests failed ({kinds})", evidence
     if kv is not None and kv >= thresholds.get("kv_cache_usage_ratio", 0.9) and preemptions >= 0.5:
@@ -148,6 +175,11 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
             evidence.append(line("p95 queue time (vLLM)", vg.get("queue_p95_s"), vb["queue_p95_s"], ".3f"))
         return (f"queueing: every sequence slot was busy ({running_max or 0:.0f} running), up to {waiting_max:.0f} "
                 f"requests waited and TTFT climbed"), evidence
+    wait = diagnosis.where_waited(bad)
+    if wait is not None and wait.front_of_engine:
+        evidence += wait.evidence
+        evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
+        return "front-end: " + diagnosis.wait_sentence(wait), evidence
     itl_rise = _rise(itl_good, itl_bad)
     if itl_rise is not None and itl_rise > 1.3 and (ttft_rise is None or ttft_rise < itl_rise):
         evidence.append(line("p95 inter-token latency (vLLM)", itl_good, itl_bad, ".4f"))
@@ -159,71 +191,108 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
                          client.get("e2e_p95_s"), ".2f"))
     if itl_bad is not None:
         evidence.append(line("p95 inter-token latency (vLLM)", itl_good, itl_bad, ".4f"))
-    return "latency grew with load; no queueing, KV pressure or errors visible on the server", evidence
+    busy = _get(bad, "server", "host", "cpu_busy_ratio")
+    if busy is not None and busy >= HOST_CPU_SATURATED:
+        evidence.append(f"host CPUs {busy:.0%} busy")
+        return ("host CPU: the host's CPUs were saturated while vLLM showed no queueing, KV pressure or errors; "
+                "every process on the box (engine, front-ends, load client) competed for them"), evidence
+    return ("latency grew with load; no queueing, KV pressure, front-end wait or errors visible on the server "
+            "(server-side figures above)"), evidence
 
 
 def ttft_three_ways(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for step in steps:
+        server = step.get("server") or {}
         rows.append({
             "concurrency": step["concurrency"],
             "client_p50_s": _get(step, "client", "ttft_p50_s"), "client_p95_s": _get(step, "client", "ttft_p95_s"),
-            "collector_p50_s": _get(step, "server", "collector", "ttft_p50_s"),
-            "collector_p95_s": _get(step, "server", "collector", "ttft_p95_s"),
-            "vllm_p50_s": _get(step, "server", "vllm", "ttft_p50_s"),
-            "vllm_p95_s": _get(step, "server", "vllm", "ttft_p95_s"),
+            "collector_p50_s": _get(server, "collector", "ttft_p50_s"),
+            "collector_p95_s": _get(server, "collector", "ttft_p95_s"),
+            "vllm_p50_s": _get(server, "vllm", "ttft_p50_s"),
+            "vllm_p95_s": _get(server, "vllm", "ttft_p95_s"),
+            # As they may honestly be shown (a quantile inside the first bucket is only a bound).
+            "collector_p50": diagnosis.server_quantile(server.get("collector"), "ttft", "p50", "collector"),
+            "collector_p95": diagnosis.server_quantile(server.get("collector"), "ttft", "p95", "collector"),
+            "vllm_p50": diagnosis.server_quantile(server.get("vllm"), "ttft", "p50"),
+            "vllm_p95": diagnosis.server_quantile(server.get("vllm"), "ttft", "p95"),
+            "bunched": diagnosis.bunched(step),
         })
     return rows
 
 
-def gap_note(rows: list[dict[str, Any]], ttfb_is_ttft: bool) -> str:
-    """Explains the three TTFTs at the least loaded step (no queue to blur them), then under load."""
+def gap_note(rows: list[dict[str, Any]], ttfb_is_ttft: bool, verdict: str | None) -> str:
+    """The three TTFTs at the least loaded step, from the measured parts only."""
     parts = []
     if not ttfb_is_ttft:
-        parts.append("The target sends its response headers before the first token (it is not the collector), so "
-                     "k6's time to first byte is NOT time to first token here: the client column shows time to first "
-                     "byte only, and the SLO used vLLM's own TTFT.")
+        if verdict == "undetermined":
+            parts.append("The target sent its headers and first token together in every probe round and does not "
+                         "say it holds the head, so whether k6's time to first byte is time to first token is "
+                         "undetermined: the client column is time to first byte, and the SLO used vLLM's own TTFT.")
+        else:
+            parts.append("The target sends its response headers before the first token (it is not the collector), so "
+                         "k6's time to first byte is NOT time to first token here: the client column is time to first "
+                         "byte, and the SLO used vLLM's own TTFT.")
     complete = [r for r in rows if r["client_p50_s"] is not None and r["vllm_p50_s"] is not None]
     if complete:
         r = complete[0]
-        ms = {k: r[f"{k}_p50_s"] * 1000 if r[f"{k}_p50_s"] is not None else None
-              for k in ("client", "collector", "vllm")}
-        text = (f"At {r['concurrency']} user(s), the least loaded step, p50 TTFT was {ms['client']:.1f} ms at the "
-                "client")
-        if ms["collector"] is not None:
-            text += (f", {ms['collector']:.1f} ms at the collector and {ms['vllm']:.1f} ms inside vLLM. Client minus "
-                     f"collector ({ms['client'] - ms['collector']:+.1f} ms) is the loopback hop, connection handling "
-                     f"and k6's own scheduling; collector minus vLLM ({ms['collector'] - ms['vllm']:+.1f} ms) is "
-                     "what vLLM's clock leaves out: HTTP parsing, the chat template and tokenization before the "
-                     "request reaches its engine, detokenizing and framing the first SSE chunk after, and the "
-                     "proxy hop.")
+        client_ms = r["client_p50_s"] * 1000
+        vllm_q: diagnosis.Quantile = r["vllm_p50"]
+        collector_q: diagnosis.Quantile = r["collector_p50"]
+        text = (f"At {_n_users(r['concurrency'])}, the least loaded step, p50 TTFT was {client_ms:.1f} ms at the "
+                f"client, {collector_q.text_ms()} ms at the collector and {vllm_q.text_ms()} ms inside vLLM "
+                "(server figures are histogram quantiles; \"≤\" marks one that lies in the first bucket).")
+        if collector_q.value is not None and not collector_q.upper_bound_only:
+            text += (f" Client minus collector: {client_ms - collector_q.value * 1000:+.1f} ms, the time between the "
+                     "collector relaying the first token and k6 reading it; ")
         else:
-            text += (f" and {ms['vllm']:.1f} ms inside vLLM (collector metrics absent): the difference is HTTP "
-                     "handling, the chat template, tokenization and SSE framing that vLLM's clock leaves out.")
+            text += " The client-to-collector part cannot be separated (collector figure absent or only a bound); "
+        if collector_q.value is not None and vllm_q.value is not None and not vllm_q.upper_bound_only:
+            text += (f"collector minus vLLM: {(collector_q.value - vllm_q.value) * 1000:+.1f} ms, time outside vLLM's "
+                     "own TTFT clock that these metrics do not decompose further.")
+        else:
+            text += "the collector-to-vLLM part cannot be measured from these histograms."
+        if r["bunched"]:
+            text += (" At this step tokens reached the client bunched (its per-user speed is far above the server's "
+                     "own rate per stream), so the client's first token waited for a burst: that share of the gap is "
+                     "delivery, not generation.")
         parts.append(text)
-    parts.append("Under load all three include the time a request waits for a slot, and they diverge more: the "
-                 "client's percentiles come from every request that started in the steady window, the server's from "
-                 "histogram buckets (interpolated, coarse in the tail) of requests that got their first token in the "
-                 "window, including any other traffic on the server.")
     if not rows or all(r["collector_p50_s"] is None for r in rows):
         parts.append("Collector TTFT: absent (no collector_* series in Prometheus for this window).")
     return " ".join(parts)
 
 
 def bandwidth_limit(results: dict[str, Any], plan: Plan, rows: list[Row]) -> dict[str, Any]:
+    """Single-stream decode vs the memory-bandwidth limit of the GPU actually measured (by name from
+    nvidia-smi / DCGM, or the plan's override); with no GPU it does not apply."""
     model = _get(results, "provenance", "model") or {}
     params = plan.hardware.params_billion * 1e9 if plan.hardware.params_billion else model.get("parameters")
     bytes_per_param = plan.hardware.bytes_per_param or model.get("bytes_per_param")
-    bandwidth = plan.hardware.memory_bandwidth_gb_s
+    gpu = _get(results, "provenance", "gpu", "name")
+    bandwidth, source = plan.hardware.memory_bandwidth_gb_s, "the plan"
+    if bandwidth is None:
+        bandwidth, source = diagnosis.gpu_bandwidth(gpu), f"the {gpu} datasheet"
     single = next((r for r in rows if r.concurrency == 1), None)
     out: dict[str, Any] = {"parameters": params, "bytes_per_param": bytes_per_param, "bandwidth_gb_s": bandwidth,
-                           "single_stream_tok_s": single.user_tok_s if single else None, "limit_tok_s": None}
+                           "bandwidth_source": source if bandwidth else None, "gpu": gpu,
+                           "single_stream_tok_s": single.user_tok_s if single else None,
+                           "single_stream_source": single.user_tok_s_source if single else None, "limit_tok_s": None}
+    if not gpu and plan.hardware.memory_bandwidth_gb_s is None:
+        out["not_applicable"] = "no GPU was visible (no DCGM series, no nvidia-smi): the server did not decode on one"
+        return out
     if params and bytes_per_param and bandwidth:
         out["weight_bytes"] = params * bytes_per_param
         out["limit_tok_s"] = bandwidth * 1e9 / out["weight_bytes"]
         if out["single_stream_tok_s"]:
             out["fraction"] = out["single_stream_tok_s"] / out["limit_tok_s"]
     return out
+
+
+def _user_speed(step: dict[str, Any]) -> tuple[float | None, str]:
+    """Per-user decode speed: the client's, unless it saw tokens bunched; then the server's own."""
+    if diagnosis.bunched(step):
+        return diagnosis.server_user_tok_s(step), "vLLM (1 / mean ITL: the client saw tokens bunched)"
+    return _get(step, "client", "user_tok_s_p50"), "client"
 
 
 def analyse(results: dict[str, Any]) -> Analysis:
@@ -236,16 +305,17 @@ def analyse(results: dict[str, Any]) -> Analysis:
         client = step.get("client") or {}
         ttft50, source = _ttft(step, ttfb_is_ttft, "p50")
         ttft95, _ = _ttft(step, ttfb_is_ttft, "p95")
+        user, user_source = _user_speed(step)
         rows.append(Row(
             concurrency=step["concurrency"], output_tok_s=client.get("output_tok_s"),
-            vllm_tok_s=_get(step, "throughput_check", "vllm_tok_s"), user_tok_s=client.get("user_tok_s_p50"),
-            ttft_p50_s=ttft50, ttft_p95_s=ttft95, ttft_source=source, e2e_p95_s=client.get("e2e_p95_s"),
-            requests=client.get("requests", 0), errors=client.get("errors", 0), slo_ok=step["slo"]["ok"],
-            broken=step["slo"]["broken"], signals=step_signals(step, thresholds)))
+            vllm_tok_s=_get(step, "throughput_check", "vllm_tok_s"), user_tok_s=user,
+            ttft_p50_s=ttft50, ttft_p95_s=ttft95, ttft_source=source, user_tok_s_source=user_source,
+            e2e_p95_s=client.get("e2e_p95_s"), requests=client.get("requests", 0), errors=client.get("errors", 0),
+            slo_ok=step["slo"]["ok"], broken=step["slo"]["broken"], signals=step_signals(step, thresholds)))
     outcomes = [knee.Outcome(s["concurrency"], s["slo"]["ok"], s.get("hard_stop")) for s in steps]
     found = knee.find_knee(plan, outcomes)
     by_c = {s["concurrency"]: s for s in steps}
-    flags = _flags(steps, results)
+    flags, client_signals = _flags(steps, results)
     first_signal = next((f"{_n_users(r.concurrency)}: {', '.join(r.signals)}" for r in rows if r.signals), None)
     if found.first_bad is None:
         cause, evidence = "nothing: the SLO held at every concurrency tested", list[str]()
@@ -253,41 +323,45 @@ def analyse(results: dict[str, Any]) -> Analysis:
         good = by_c.get(found.concurrency) if found.concurrency else None
         cause, evidence = broke_first(good, by_c[found.first_bad], ttfb_is_ttft, thresholds)
     three = ttft_three_ways(steps)
+    points = [(r.concurrency, r.output_tok_s) for r in rows if r.output_tok_s is not None]
+    bandwidth = bandwidth_limit(results, plan, rows)
+    waits = [w for w in (diagnosis.where_waited(s) for s in steps) if w is not None]
+    peak = diagnosis.throughput_knee(points)
+    checks = diagnosis.consistency_checks(steps, bandwidth, THROUGHPUT_AGREEMENT)
+    for check in checks:
+        if not check.ok:
+            flags.append(f"{_n_users(check.concurrency) + ': ' if check.concurrency else ''}{check.name}: "
+                         f"{check.detail}.")
     return Analysis(rows=rows, knee=found, what_broke_first=cause, evidence=evidence,
-                    envelope=envelope_sentence(plan, rows, found, cause, results),
-                    ttft_three_ways=three, ttft_gap_note=gap_note(three, ttfb_is_ttft),
-                    bandwidth=bandwidth_limit(results, plan, rows), flags=flags, first_signal=first_signal)
+                    envelope=envelope_sentence(plan, rows, found, cause, results, peak, waits),
+                    ttft_three_ways=three, ttft_gap_note=gap_note(three, ttfb_is_ttft,
+                                                                  _get(results, "probe", "verdict")),
+                    bandwidth=bandwidth, flags=list(dict.fromkeys(flags)), first_signal=first_signal, waits=waits,
+                    throughput_knee=peak, usl=diagnosis.usl_fit(points), checks=checks,
+                    client_signals=client_signals)
 
 
-def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> list[str]:
+def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Doubts about the figures, and signals about the load client (never reported as the server's)."""
     flags: list[str] = []
-    saturated: list[int] = []
+    client_signals: list[str] = []
     cores = _get(results, "provenance", "host", "cpus") or 1
     for step in steps:
         k6 = step.get("k6") or {}
-        if k6.get("cpu_cores", 0) > CLIENT_CPU_BOUND_CORES:
-            flags.append(f"{_n_users(step['concurrency'])}: k6 used {k6['cpu_cores']:.2f} CPU cores: the client may be "
-                         "the bottleneck; this step measures the client as much as the server.")
-        elif k6.get("cpu_cores", 0) > 0.1 * cores:
-            flags.append(f"{_n_users(step['concurrency'])}: k6 used {k6['cpu_cores']:.2f} of {cores} CPU cores; "
-                         "on a box where client and server share cores this lowers the server's throughput.")
+        used = k6.get("cpu_cores", 0)
+        if used > CLIENT_CPU_BOUND_SHARE * cores:
+            client_signals.append(f"{_n_users(step['concurrency'])}: k6 used {used:.2f} of the {cores} cores it can "
+                                  "run on: the client may be the bottleneck; this step measures the client as much "
+                                  "as the server.")
+        elif used > 0.1 * cores:
+            client_signals.append(f"{_n_users(step['concurrency'])}: k6 used {used:.2f} of {cores} CPU cores; where "
+                                  "client and server share cores this lowers the server's throughput.")
         population = _get(step, "client", "population") or ""
         if population.startswith("overlapping"):
             flags.append(f"{_n_users(step['concurrency'])}: fewer requests started in the steady window than there are "
                          "users, so latency is taken from every request overlapping it (includes the warm-up burst); "
                          "lengthen steady_s / max_steady_s for long answers.")
-        busy = _get(step, "server", "host", "cpu_busy_ratio")
-        if busy is not None and busy >= HOST_CPU_SATURATED:
-            saturated.append(step["concurrency"])
-        ratio = _get(step, "throughput_check", "client_over_vllm")
-        if ratio is not None and abs(ratio - 1) > THROUGHPUT_AGREEMENT:
-            flags.append(f"{_n_users(step['concurrency'])}: client tok/s is {ratio:.0%} of vLLM's own counter over the "
-                         "same span (other traffic on the server, or lost records).")
-    if saturated:
-        flags.append(f"The host's CPUs were at least {HOST_CPU_SATURATED:.0%} busy during the steps at "
-                     f"{', '.join(map(str, saturated))} users: where the server computes on CPU, or other work shares "
-                     "the cores, the figures include that contention.")
-    return flags
+    return flags, client_signals
 
 
 def _users(n: int) -> str:
@@ -298,7 +372,8 @@ def _n_users(n: int) -> str:
     return f"{n} user" + ("" if n == 1 else "s")
 
 
-def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str, results: dict[str, Any]) -> str:
+def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str, results: dict[str, Any],
+                      peak: diagnosis.ThroughputKnee | None = None, waits: list[diagnosis.Wait] | None = None) -> str:
     by_c = {r.concurrency: r for r in rows}
     outputs = plan.profile.max_tokens
     prompt = next((s["client"].get("prompt_tokens_per_request") for s in results["steps"]
@@ -306,21 +381,36 @@ def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str,
     prompt_text = f" and prompts of ~{prompt:.0f} tokens" if prompt else ""
     if not rows:
         return "No step finished, so there is no envelope yet."
+    tail = ""
+    if peak is not None and peak.collapse:
+        c, tok_s, change = peak.collapse[-1]
+        tail += (f" Throughput peaked at {peak.peak_tok_s:,.0f} tok/s at {_n_users(peak.peak_concurrency)} and fell to "
+                 f"{tok_s:,.0f} tok/s at {_n_users(c)} ({change:+.0%}): past the peak, more users only add waiting.")
+    front = next((w for w in waits or [] if w.front_of_engine), None)
+    if front is not None and not cause.startswith("front-end"):
+        tail += f" From {_n_users(front.concurrency)} on, " + diagnosis.wait_sentence(front) + "."
     if found.concurrency is None:
         return (f"Even {_users(found.first_bad or 1)} with outputs up to {outputs} tokens broke the SLO: "
-                f"{cause}.")
+                f"{cause}.") + tail
     row = by_c[found.concurrency]
     e2e = f"{row.e2e_p95_s:.1f} s" if row.e2e_p95_s is not None else "n/a"
     ttft = f"{row.ttft_p95_s:.2f} s" if row.ttft_p95_s is not None else "n/a"
-    user = f"{row.user_tok_s:.0f} tok/s" if row.user_tok_s is not None else "n/a"
-    agg = f"{row.output_tok_s:.0f} tok/s" if row.output_tok_s is not None else "n/a"
+    agg = f"{row.output_tok_s:,.0f} tok/s" if row.output_tok_s is not None else "n/a"
+    if row.user_tok_s is not None and row.output_tok_s is not None:
+        # Streaming speed after the first token, and the aggregate shared out over the users (the
+        # latter includes the wait for the first token): two different figures, both named.
+        source = "" if row.user_tok_s_source == "client" else ", by vLLM's clock"
+        user = (f"each user streams at about {row.user_tok_s:,.0f} tok/s once the answer starts{source} "
+                f"({row.output_tok_s / row.concurrency:,.0f} tok/s per user averaged over whole requests, {agg} in "
+                "total)")
+    else:
+        user = f"the users share {agg}"
     head = (f"At up to {_users(found.concurrency)} with outputs up to {outputs} tokens{prompt_text}, "
-            f"p95 latency stays under {e2e} (p95 time to first token {ttft}) and each user gets {user} "
-            f"({agg} in total)")
+            f"p95 latency stays under {e2e} (p95 time to first token {ttft}) and {user}")
     if found.first_bad is None:
         partial = " (this run is partial: see what is missing)" if results.get("status") != "complete" else ""
         return head + (f"; the SLO held at every step tested, so the envelope is at least "
-                       f"{_users(found.concurrency)}{partial}.")
+                       f"{_users(found.concurrency)}{partial}.") + tail
     where = (f"at {_n_users(found.first_bad)}" if found.refined else
              f"the SLO broke at {_n_users(found.first_bad)}; the knee lies between, not refined further")
-    return head + f". Above {found.concurrency} ({where}): {cause}."
+    return head + f". Above {found.concurrency} ({where}): {cause}." + tail

@@ -35,6 +35,24 @@ def _mark_knee(ax: Any, analysis: Analysis) -> None:
                    alpha=0.10, label="SLO broken")
 
 
+def _mark_peak(ax: Any, analysis: Analysis) -> None:
+    """The throughput knee: the peak, and the fitted Universal Scalability Law curve where it fits."""
+    peak = analysis.throughput_knee
+    if peak is None:
+        return
+    label = f"throughput peak: {peak.peak_tok_s:,.0f} tok/s at {peak.peak_concurrency} users"
+    if peak.collapse:
+        c, _, change = peak.collapse[-1]
+        label += f" ({change:+.0%} at {c})"
+    ax.scatter([peak.peak_concurrency], [peak.peak_tok_s], marker="*", s=260, color="#e377c2", zorder=6, label=label)
+    usl = analysis.usl
+    if usl is not None and usl.fits and usl.lam and usl.sigma is not None and usl.kappa is not None:
+        top = max(r.concurrency for r in analysis.rows)
+        grid = [1 + i * (top - 1) / 200 for i in range(201)]
+        fitted = [usl.lam * n / (1 + usl.sigma * (n - 1) + usl.kappa * n * (n - 1)) for n in grid]
+        ax.plot(grid, fitted, "-", color="#7f7f7f", linewidth=1, alpha=0.7, label="Universal Scalability Law fit")
+
+
 def _mark_broken(ax: Any, analysis: Analysis, values: list[float]) -> None:
     bad = [(r.concurrency, v) for r, v in zip(analysis.rows, values, strict=True) if not r.slo_ok]
     if bad:
@@ -42,12 +60,30 @@ def _mark_broken(ax: Any, analysis: Analysis, values: list[float]) -> None:
                    linewidths=1.8, zorder=5)
 
 
+def _spaced(xs: list[int], log: bool, min_gap: float = 0.06) -> list[int]:
+    """The ticks to label: no two closer than min_gap of the axis span (320/368/416/512 overlap)."""
+    if len(xs) < 2:
+        return xs
+    pos = [math.log2(x) if log else float(x) for x in xs]
+    span = (max(pos) - min(pos)) or 1.0
+    kept = [0]
+    for i in range(1, len(xs)):
+        if (pos[i] - pos[kept[-1]]) / span >= min_gap:
+            kept.append(i)
+        elif i == len(xs) - 1:  # keep the highest step labelled; drop its crowding neighbour
+            kept[-1] = i
+    return [xs[i] for i in kept]
+
+
 def _concurrency_axis(ax: Any, analysis: Analysis) -> None:
-    xs = [r.concurrency for r in analysis.rows]
-    if xs and max(xs) / max(min(xs), 1) >= 8:
+    xs = sorted({r.concurrency for r in analysis.rows})
+    log = bool(xs) and max(xs) / max(min(xs), 1) >= 8
+    if log:
         ax.set_xscale("log", base=2)
+    labelled = _spaced(xs, log)
     ax.set_xticks(xs)
-    ax.set_xticklabels([str(x) for x in xs])
+    ax.set_xticklabels([str(x) if x in labelled else "" for x in xs])
+    ax.minorticks_off()
     ax.set_xlabel("concurrent users (closed loop)")
     ax.grid(True, alpha=0.3)
 
@@ -77,6 +113,7 @@ def throughput(analysis: Analysis, path: Path) -> Path:
     right.set_ylim(bottom=0)
     ax.set_ylim(bottom=0)
     _mark_knee(ax, analysis)
+    _mark_peak(ax, analysis)
     _concurrency_axis(ax, analysis)
     _mark_broken(ax, analysis, _values([r.output_tok_s for r in rows]))
     handles = ax.get_legend_handles_labels()

@@ -131,9 +131,12 @@ def collect_step(prom: Prometheus, model: str, start: float, end: float) -> dict
     out: dict[str, dict[str, Any]] = {}
     queries_by_group = step_queries()
     for group, queries in queries_by_group.items():
-        if group in ("counters", "watchdog", "k6", "timeline", "buckets"):
+        if group in ("counters", "watchdog", "k6", "timeline", "buckets", "labelled"):
             continue
         out[group] = {name: prom.scalar(render(expr, **values), at=end) for name, expr in queries.items()}
+    for name, expr in queries_by_group["labelled"].items():
+        vector = prom.vector(render(expr, **values), at=end)
+        out[name] = {next(iter(r["metric"].values()), ""): float(r["value"][1]) for r in vector}
     for key, expr in queries_by_group["buckets"].items():
         group, metric = key.split(".")
         pairs = [(float(r["metric"]["le"]), float(r["value"][1])) for r in prom.vector(render(expr, **values), at=end)]

@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from loadgen import plots
+from loadgen import diagnosis, plots
 from loadgen.analysis import Analysis, Row, analyse
 from loadgen.panels import DASHBOARDS
 
@@ -63,10 +63,11 @@ def write_requests_csv(run_dir: Path, results: dict[str, Any]) -> Path:
 def envelope_table(rows: list[Row]) -> dict[str, Any]:
     source = rows[0].ttft_source if rows else "client"
     return {
-        "headers": ["concurrency", "output tok/s (k6)", "output tok/s (vLLM)", "per-user tok/s (p50)",
+        "headers": ["concurrency", "output tok/s (k6)", "output tok/s (vLLM)", "per-user tok/s (p50, streaming)",
                     f"p50 TTFT s ({source})", f"p95 TTFT s ({source})", "p95 total s", "requests", "errors", "SLO",
                     "what broke / signals"],
-        "rows": [[str(r.concurrency), _n(r.output_tok_s), _n(r.vllm_tok_s), _n(r.user_tok_s, 1), _s(r.ttft_p50_s),
+        "rows": [[str(r.concurrency), _n(r.output_tok_s), _n(r.vllm_tok_s),
+                  _n(r.user_tok_s, 1) + ("" if r.user_tok_s_source == "client" else " (vLLM)"), _s(r.ttft_p50_s),
                   _s(r.ttft_p95_s), _s(r.e2e_p95_s, 2), str(r.requests), str(r.errors),
                   "ok" if r.slo_ok else "BROKEN", "; ".join(r.broken + r.signals) or "none"] for r in rows],
         "bad": [not r.slo_ok for r in rows],
@@ -77,8 +78,9 @@ def ttft_table(analysis: Analysis) -> dict[str, Any]:
     return {
         "headers": ["concurrency", "k6 client p50 ms", "collector p50 ms", "vLLM p50 ms", "k6 client p95 ms",
                     "collector p95 ms", "vLLM p95 ms"],
-        "rows": [[str(r["concurrency"]), _ms(r["client_p50_s"]), _ms(r["collector_p50_s"]), _ms(r["vllm_p50_s"]),
-                  _ms(r["client_p95_s"]), _ms(r["collector_p95_s"]), _ms(r["vllm_p95_s"])]
+        "rows": [[str(r["concurrency"]), _ms(r["client_p50_s"]), r["collector_p50"].text_ms(),
+                  r["vllm_p50"].text_ms(), _ms(r["client_p95_s"]), r["collector_p95"].text_ms(),
+                  r["vllm_p95"].text_ms()]
                  for r in analysis.ttft_three_ways],
     }
 
@@ -92,12 +94,16 @@ def server_table(steps: list[dict[str, Any]]) -> dict[str, Any]:
         gpu = ("absent" if g.get("util_avg_pct") is None else f"{g['util_avg_pct']:.0f}% / "
                f"{_n(g.get('power_avg_w'))} W")
         rows.append([str(s["concurrency"]), f"{_n(v.get('running_avg'), 1)} / {_n(v.get('running_max'))}",
-                     f"{_n(v.get('waiting_avg'), 1)} / {_n(v.get('waiting_max'))}", _pct(v.get("kv_cache_usage_max")),
-                     _n(v.get("preemptions")), _ms(v.get("itl_p50_s")), _ms(v.get("itl_p95_s")),
-                     _ms(v.get("queue_p95_s")), _s(v.get("e2e_p95_s"), 2),
+                     f"{_n(v.get('waiting_avg'), 1)} / {_n(v.get('waiting_max'))}",
+                     f"{_n(v.get('running_mean_counted'), 1)} / {_n(v.get('waiting_mean_counted'), 1)}",
+                     _pct(v.get("kv_cache_usage_max")), _n(v.get("preemptions")),
+                     diagnosis.server_quantile(v, "itl", "p50").text_ms(),
+                     diagnosis.server_quantile(v, "itl", "p95").text_ms(),
+                     diagnosis.server_quantile(v, "queue", "p95").text_ms(), _s(v.get("e2e_p95_s"), 2),
                      _n((h.get("mem_available_min_bytes") or 0) / 2**30 or None, 1), _pct(h.get("cpu_busy_ratio")),
                      gpu])
-    return {"headers": ["concurrency", "running avg / max", "waiting avg / max", "KV cache peak", "preemptions",
+    return {"headers": ["concurrency", "running avg / max (gauge)", "waiting avg / max (gauge)",
+                        "running / waiting (counted)", "KV cache peak", "preemptions",
                         "ITL p50 ms", "ITL p95 ms", "queue p95 ms", "vLLM e2e p95 s", "host mem avail min GiB",
                         "host CPU busy", "GPU util / power (DCGM)"],
             "rows": rows}
@@ -117,27 +123,84 @@ def throughput_table(steps: list[dict[str, Any]]) -> dict[str, Any]:
                         "k6 CPU s", "k6 CPU cores", "requests (all)"], "rows": rows}
 
 
+def wait_table(analysis: Analysis, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Little's law per step: what the client had open beside what vLLM held, and the front-ends' CPU."""
+    by_c = {s["concurrency"]: s for s in steps}
+    rows = []
+    for w in analysis.waits:
+        server = by_c[w.concurrency].get("server") or {}
+        rows.append([str(w.concurrency), _n(w.client_in_flight, 1),
+                     _n(((server.get("collector") or {}).get("in_flight_avg")), 1), _n(w.engine_held, 1),
+                     _n(w.engine_waiting, 1), _n(max(0.0, w.in_front), 1),
+                     _n((server.get("vllm") or {}).get("api_server_cpu_cores"), 2),
+                     _n((server.get("collector") or {}).get("cpu_cores"), 2),
+                     (w.where if w.front_of_engine else "no wait in front") or "in front of the engine"])
+    return {"headers": ["concurrency", "client in flight", "collector in flight", "vLLM running + waiting",
+                        "of which waiting", "in front of the engine", "vLLM API server CPU (cores)",
+                        "collector CPU (cores)", "where"], "rows": rows}
+
+
+def checks_table(analysis: Analysis) -> dict[str, Any]:
+    """One row per check: the steps where it held, and each step where it failed with its figures."""
+    rows, bad = [], []
+    for name in dict.fromkeys(c.name for c in analysis.checks):
+        of_kind = [c for c in analysis.checks if c.name == name]
+        passed = [str(c.concurrency) for c in of_kind if c.ok]
+        failed = [c for c in of_kind if not c.ok]
+        rows.append([name, ", ".join(passed) or "none", "; ".join(f"{c.concurrency}: {c.detail}" for c in failed)
+                     or "none"])
+        bad.append(bool(failed))
+    return {"headers": ["check", "held at (users)", "FLAGGED at (users: figures)"], "rows": rows, "bad": bad}
+
+
+def bend_text(analysis: Analysis) -> str:
+    """Where throughput peaked and fell, and what the Universal Scalability Law makes of the steps."""
+    peak = analysis.throughput_knee
+    if peak is None:
+        return "Fewer than two steps: no throughput curve."
+    text = f"Throughput peaked at {peak.peak_tok_s:,.0f} tok/s at {peak.peak_concurrency} users"
+    if peak.collapse:
+        text += "; above it throughput fell: " + ", ".join(
+            f"{t:,.0f} tok/s at {c} users ({d:+.0%})" for c, t, d in peak.collapse) + "."
+    else:
+        highest = max(r.concurrency for r in analysis.rows)
+        text += (" and did not fall at any higher step tested." if peak.peak_concurrency < highest else
+                 ", the highest step tested: the peak may lie higher.")
+    usl = analysis.usl
+    if usl is not None:
+        if usl.sigma is None:
+            text += f" Universal Scalability Law: not fitted ({usl.reason})."
+        else:
+            fit = (f"contention sigma = {usl.sigma:.4f}, coherency kappa = {usl.kappa:.2e}"
+                   + (f", predicted peak N* = {usl.peak_n:,.0f} users" if usl.peak_n else ""))
+            residuals = ", ".join(f"{c}: {r:+.0%}" for c, r in usl.residuals or [])
+            text += (f" Universal Scalability Law fit: {fit}; residuals (measured / fitted - 1) {residuals}. "
+                     + ("The law describes these steps." if usl.fits else f"It does not fit: {usl.reason}."))
+    return text
+
+
 def slo_table(results: dict[str, Any]) -> dict[str, Any]:
     return {"headers": ["SLO", "limit", "source"],
             "rows": [[key, f"{v['value']:g}", v["source"]] for key, v in results.get("slo", {}).items()]}
 
 
 def bandwidth_text(bw: dict[str, Any], results: dict[str, Any]) -> str:
+    if bw.get("not_applicable"):
+        return (f"Not applicable: {bw['not_applicable']}. A memory-bandwidth limit describes GPU decoding; set "
+                "`hardware.memory_bandwidth_gb_s` in the plan to compare anyway.")
     if not bw.get("limit_tok_s"):
         return ("Not computed: the model's parameter count, dtype or the memory bandwidth is unknown (set "
                 "`hardware.params_billion`, `hardware.bytes_per_param` and `hardware.memory_bandwidth_gb_s` in the "
                 "plan).")
     text = (f"Weights: {bw['parameters'] / 1e6:,.1f} M parameters x {bw['bytes_per_param']:g} bytes = "
-            f"{bw['weight_bytes'] / 1e6:,.1f} MB read per decoded token. At {bw['bandwidth_gb_s']:g} GB/s the "
-            f"single-stream decode limit is {bw['limit_tok_s']:,.0f} tok/s.")
+            f"{bw['weight_bytes'] / 1e6:,.1f} MB read per decoded token. At {bw['bandwidth_gb_s']:g} GB/s (from "
+            f"{bw['bandwidth_source']}) the single-stream decode limit is {bw['limit_tok_s']:,.0f} tok/s.")
     if bw.get("single_stream_tok_s"):
-        text += (f" Measured single-stream decode: {bw['single_stream_tok_s']:,.0f} tok/s "
+        source = "" if bw.get("single_stream_source") == "client" else f", by {bw['single_stream_source']}"
+        text += (f" Measured single-stream decode: {bw['single_stream_tok_s']:,.0f} tok/s{source} "
                  f"({bw['fraction']:.1%} of the limit).")
-        gpu = ((results.get("provenance") or {}).get("gpu") or {}).get("name")
-        if not gpu:
-            text += (" No GPU here: the bandwidth figure is the plan's (GB10), while this server decodes on CPU, so "
-                     "the ratio shows per-token overhead, not memory bandwidth. On a DGX Spark, Qwen3-8B in bf16 "
-                     "(16.4 GB of weights) is bandwidth-bound at about 17 tok/s per stream.")
+        if bw["fraction"] > 1.05:
+            text += " Above the limit: this figure cannot be a decode speed (see the consistency checks)."
     else:
         text += " No single-user step ran, so there is no measured single-stream figure to compare."
     return text
@@ -191,6 +254,8 @@ def render(run_dir: Path) -> tuple[Path, Path]:
         "envelope_table": envelope_table(analysis.rows), "ttft_table": ttft_table(analysis),
         "server_table": server_table(steps), "throughput_table": throughput_table(steps),
         "slo_table": slo_table(results), "bandwidth": bandwidth_text(analysis.bandwidth, results),
+        "wait_table": wait_table(analysis, steps), "checks_table": checks_table(analysis),
+        "bend_text": bend_text(analysis),
         "figures": [(title, path.relative_to(run_dir).as_posix(), _data_uri(path)) for title, path in figures],
         "timeline": ((timeline_path.relative_to(run_dir).as_posix(), _data_uri(timeline_path))
                      if timeline_path else None),

@@ -54,6 +54,10 @@ def client_step_stats(records: list[dict[str, Any]], start: float, end: float, u
     ]
     window = max(end - start, 1e-9)
     tokens = sum(tokens_in_span(r, start, end) for r in records if not r.get("error"))
+    # Requests the client had open, averaged over the window (each counts for its overlap): the
+    # left side of Little's law, to set beside what vLLM holds (running + waiting).
+    in_flight = sum(max(0.0, min(end, (r["start_ms"] + r["total_ms"]) / 1000) - max(start, r["start_ms"] / 1000))
+                    for r in records) / window
     errors = Counter(str(r["error"]) for r in in_window if r.get("error"))
     return {
         "requests": len(in_window),
@@ -72,6 +76,7 @@ def client_step_stats(records: list[dict[str, Any]], start: float, end: float, u
         "output_tok_s": tokens / window,
         "user_tok_s_p50": percentile(decode_rates, 50),
         "user_tok_s_p5": percentile(decode_rates, 5),
+        "in_flight_avg": in_flight,
     }
 
 

@@ -1,0 +1,325 @@
+"""Server-side diagnosis beyond the SLO verdict: where requests waited (Little's law), which process
+was saturated, where throughput peaked and collapsed (with a Universal Scalability Law fit), and the
+consistency checks that say which figures can be trusted.
+
+Every function reads one step's (or the run's) measured figures and returns findings with the
+numbers behind them; nothing here is a fixed sentence about causes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# A process using at least this share of one core is saturated: Python front-ends (vLLM's API
+# server, the collector) run their event loop on one core.
+PROCESS_SATURATED_CORES = 0.85
+# Requests in flight at the client but not inside vLLM (running + waiting), as a share of those in
+# flight, above which the step is said to have waited in front of the engine.
+FRONT_WAIT_SHARE = 0.15
+HOST_CPU_SATURATED = 0.95
+# A step whose throughput is this far under the best lower step has collapsed.
+THROUGHPUT_DROP = 0.05
+# Per-user streaming speed above the server's own rate per stream by this factor: the client saw
+# tokens bunched (several per read), so its per-user speed is not a decode speed.
+BUNCHED_FACTOR = 1.5
+# Client TTFT may undercut the collector's or vLLM's by this much (histogram buckets, clocks).
+TTFT_ORDER_SLACK_S = 0.005
+
+# Memory bandwidth (GB/s) by GPU name as nvidia-smi / DCGM report it; the longest matching key wins.
+# Vendor datasheet figures; a plan's hardware.memory_bandwidth_gb_s overrides.
+GPU_BANDWIDTH_GB_S = {
+    "GB10": 273.0,
+    "H200": 4800.0,
+    "H100 80GB HBM3": 3350.0,
+    "H100 PCIe": 2000.0,
+    "H100 NVL": 3900.0,
+    "H100": 3350.0,
+    "A100-SXM4-80GB": 2039.0,
+    "A100-SXM4-40GB": 1555.0,
+    "A100 80GB PCIe": 1935.0,
+    "A100": 1555.0,
+    "L40S": 864.0,
+    "L4": 300.0,
+    "A10G": 600.0,
+    "RTX 4090": 1008.0,
+    "RTX 6000 Ada": 960.0,
+    "B200": 8000.0,
+}
+
+# vLLM's first histogram bucket upper bounds (seconds), for runs recorded before bucket bounds
+# were stored: a quantile at or under the first bound only says "at most this".
+VLLM_FIRST_BUCKET_S = {"ttft": 0.001, "itl": 0.01, "queue": 0.3, "e2e": 0.3}
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def gpu_bandwidth(name: str | None) -> float | None:
+    if not name:
+        return None
+    matches = [key for key in GPU_BANDWIDTH_GB_S if key.lower() in name.lower()]
+    return GPU_BANDWIDTH_GB_S[max(matches, key=len)] if matches else None
+
+
+# ------------------------------------------------------------------ honest quantiles
+@dataclass(frozen=True)
+class Quantile:
+    value: float | None
+    upper_bound_only: bool  # the quantile lies in the first bucket: only "<= value" is known
+    mean: float | None = None
+
+    def text_ms(self) -> str:
+        if self.value is None:
+            return "n/a"
+        mean = f" (mean {self.mean * 1000:,.1f})" if self.mean is not None else ""
+        if self.upper_bound_only:
+            return f"≤ {self.value * 1000:,.0f}{mean}"
+        return f"{self.value * 1000:,.1f}"
+
+
+def server_quantile(group: dict[str, Any] | None, metric: str, q: str, source: str = "vllm") -> Quantile:
+    """A histogram quantile as it may honestly be shown: inside the first bucket only its bound."""
+    group = group or {}
+    value = group.get(f"{metric}_{q}_s")
+    mean = group.get(f"{metric}_mean_s")
+    if value is None:
+        return Quantile(None, False, mean)
+    bucket = group.get(f"{metric}_{q}_bucket_s")
+    if bucket is not None:
+        lower, upper = bucket
+        return Quantile(upper, True, mean) if lower == 0 else Quantile(value, False, mean)
+    first = VLLM_FIRST_BUCKET_S.get(metric) if source == "vllm" else None
+    if first is not None and value <= first:
+        return Quantile(first, True, mean)
+    return Quantile(value, False, mean)
+
+
+# ------------------------------------------------------------------ where requests waited
+@dataclass(frozen=True)
+class Wait:
+    """Little's law at one step: requests the client had open vs those vLLM held."""
+    concurrency: int
+    client_in_flight: float
+    engine_held: float  # vLLM running + waiting (time averages)
+    engine_waiting: float
+    in_front: float  # client_in_flight - engine_held
+    where: str  # "", "the collector", "vLLM's API server", "the host's CPUs", "undetermined"
+    evidence: list[str]
+
+    @property
+    def front_of_engine(self) -> bool:
+        return self.in_front >= max(1.0, FRONT_WAIT_SHARE * self.client_in_flight)
+
+
+def _mean_held(vllm: dict[str, Any]) -> tuple[float | None, float]:
+    """(running + waiting, waiting) inside vLLM, time averages; counted (Little's law on vLLM's own
+    request-time histograms) where recorded, else the gauges averaged at scrape instants."""
+    running = vllm.get("running_mean_counted")
+    waiting = vllm.get("waiting_mean_counted")
+    gauge_running, gauge_waiting = vllm.get("running_avg"), vllm.get("waiting_avg")
+    if running is None or (gauge_running is not None and gauge_running > running):
+        running = gauge_running
+    if waiting is None or (gauge_waiting is not None and gauge_waiting > waiting):
+        waiting = gauge_waiting
+    if running is None:
+        return None, waiting or 0.0
+    return running + (waiting or 0.0), waiting or 0.0
+
+
+def where_waited(step: dict[str, Any]) -> Wait | None:
+    vllm = _get(step, "server", "vllm")
+    if not vllm:
+        return None
+    held, waiting = _mean_held(vllm)
+    if held is None:
+        return None
+    client = step.get("client") or {}
+    in_flight = client.get("in_flight_avg")
+    if in_flight is None:  # runs recorded before the client's own figure: a closed loop keeps each user busy
+        in_flight = float(step["concurrency"])
+    in_front = in_flight - held
+    collector_cpu = _get(step, "server", "collector", "cpu_cores")
+    api_cpu = vllm.get("api_server_cpu_cores")
+    host_busy = _get(step, "server", "host", "cpu_busy_ratio")
+    evidence = [f"client had {in_flight:.1f} requests open on average, vLLM held {held:.1f} "
+                f"(running + waiting; {waiting:.1f} waiting)"]
+    collector_in_flight = _get(step, "server", "collector", "in_flight_avg")
+    if collector_in_flight is not None:
+        evidence.append(f"the collector had {collector_in_flight:.1f} in flight")
+    where = ""
+    if in_front >= max(1.0, FRONT_WAIT_SHARE * in_flight):
+        saturated = []
+        if api_cpu is not None:
+            evidence.append(f"vLLM's API-server process used {api_cpu:.2f} of a core")
+            if api_cpu >= PROCESS_SATURATED_CORES:
+                saturated.append("vLLM's API server")
+        if collector_cpu is not None:
+            evidence.append(f"the collector's process used {collector_cpu:.2f} of a core")
+            if collector_cpu >= PROCESS_SATURATED_CORES:
+                saturated.append("the collector")
+        if host_busy is not None:
+            evidence.append(f"host CPUs {host_busy:.0%} busy")
+        if saturated:
+            where = " and ".join(saturated)
+        elif host_busy is not None and host_busy >= HOST_CPU_SATURATED:
+            where = "the host's CPUs"
+        else:
+            where = "undetermined"
+    return Wait(step["concurrency"], in_flight, held, waiting, in_front, where, evidence)
+
+
+REMEDY = {
+    "vLLM's API server": "start more API-server processes (vLLM `--api-server-count N`)",
+    "the collector": "run more collector workers, or point heavy clients at vLLM directly",
+    "the host's CPUs": "free CPU for the front-ends (fewer co-located processes, a bigger host)",
+}
+
+
+def wait_sentence(wait: Wait) -> str:
+    """One sentence from a Wait that showed requests in front of the engine."""
+    if wait.where != "undetermined":
+        place = f"in front of the engine, in {wait.where}" if wait.where else "in front of the engine"
+    elif any("core" in e for e in wait.evidence):
+        place = ("in front of the engine (neither the collector nor vLLM's API server was CPU-saturated, so where "
+                 "exactly is undetermined)")
+    else:
+        place = ("in front of the engine (the collector's and vLLM's API-server CPU were not recorded in this run, "
+                 "so which of them held the requests is undetermined)")
+    remedy = REMEDY.get(wait.where)
+    return (f"requests waited {place}: at {wait.concurrency} users the client had {wait.client_in_flight:.0f} open "
+            f"but vLLM held only {wait.engine_held:.0f} ({wait.engine_waiting:.0f} of them waiting)"
+            + (f"; remedy: {remedy}" if remedy else ""))
+
+
+# ------------------------------------------------------------------ the throughput knee
+@dataclass(frozen=True)
+class ThroughputKnee:
+    peak_concurrency: int
+    peak_tok_s: float
+    collapse: list[tuple[int, float, float]]  # (concurrency, tok/s, change vs peak) above the peak, falling
+
+
+def throughput_knee(points: list[tuple[int, float]]) -> ThroughputKnee | None:
+    """Peak of aggregate throughput over concurrency and the steps above it that fell below it."""
+    points = sorted((c, t) for c, t in points if t is not None)
+    if len(points) < 2:
+        return None
+    peak_c, peak_t = max(points, key=lambda p: p[1])
+    collapse = [(c, t, t / peak_t - 1) for c, t in points if c > peak_c and t < peak_t * (1 - THROUGHPUT_DROP)]
+    return ThroughputKnee(peak_c, peak_t, collapse)
+
+
+@dataclass(frozen=True)
+class UslFit:
+    fits: bool
+    reason: str
+    sigma: float | None = None  # contention
+    kappa: float | None = None  # coherency (crosstalk)
+    lam: float | None = None  # throughput of one user
+    peak_n: float | None = None  # N* = sqrt((1 - sigma) / kappa)
+    residuals: list[tuple[int, float]] | None = None  # (concurrency, measured / fitted - 1)
+
+
+def usl_fit(points: list[tuple[int, float]]) -> UslFit:
+    """Universal Scalability Law X(N) = lam N / (1 + sigma (N - 1) + kappa N (N - 1)), fitted by least
+    squares on its linear form N/C(N) - 1 = sigma (N - 1) + kappa N (N - 1), with C(N) = X(N) / lam and
+    lam the one-user throughput."""
+    points = sorted((c, t) for c, t in points if t)
+    one = next((t for c, t in points if c == 1), None)
+    if one is None:
+        return UslFit(False, "no one-user step to anchor the fit")
+    rest = [(c, t) for c, t in points if c > 1]
+    if len(rest) < 3:
+        return UslFit(False, f"{len(rest) + 1} steps: too few to fit two parameters and judge the fit")
+    a11 = a12 = a22 = b1 = b2 = 0.0
+    for n, x in rest:
+        u, v, y = n - 1.0, n * (n - 1.0), n * one / x - 1.0
+        a11, a12, a22, b1, b2 = a11 + u * u, a12 + u * v, a22 + v * v, b1 + u * y, b2 + v * y
+    det = a11 * a22 - a12 * a12
+    if abs(det) < 1e-12:
+        return UslFit(False, "the steps do not determine both parameters")
+    sigma = (b1 * a22 - b2 * a12) / det
+    kappa = (a11 * b2 - a12 * b1) / det
+    residuals = []
+    for n, x in points:
+        fitted = one * n / (1 + sigma * (n - 1) + kappa * n * (n - 1))
+        residuals.append((n, x / fitted - 1 if fitted > 0 else math.inf))
+    worst = max(abs(r) for _, r in residuals)
+    if not 0 <= sigma < 1:
+        return UslFit(False, f"contention sigma = {sigma:.3f} lies outside [0, 1): the steps do not follow the law",
+                      sigma, kappa, one, None, residuals)
+    if kappa <= 0:
+        return UslFit(worst <= 0.15, "no retrograde term (kappa <= 0): throughput had not started to fall"
+                      if worst <= 0.15 else f"residuals up to {worst:.0%}", sigma, kappa, one, None, residuals)
+    peak = math.sqrt((1 - sigma) / kappa)
+    if worst > 0.15:
+        return UslFit(False, f"residuals up to {worst:.0%}: the law does not describe these steps", sigma, kappa,
+                      one, peak, residuals)
+    return UslFit(True, f"residuals within {worst:.0%}", sigma, kappa, one, peak, residuals)
+
+
+# ------------------------------------------------------------------ consistency checks
+@dataclass(frozen=True)
+class Check:
+    name: str
+    concurrency: int | None
+    ok: bool
+    detail: str
+
+
+def server_user_tok_s(step: dict[str, Any]) -> float | None:
+    """Tokens per second one stream gets by the server's own clock: 1 / mean inter-token latency."""
+    itl = _get(step, "server", "vllm", "itl_mean_s")
+    return 1 / itl if itl else None
+
+
+def bunched(step: dict[str, Any]) -> bool:
+    client = _get(step, "client", "user_tok_s_p50")
+    server = server_user_tok_s(step)
+    return bool(client and server and client > BUNCHED_FACTOR * server)
+
+
+def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], tolerance: float) -> list[Check]:
+    checks: list[Check] = []
+    for step in steps:
+        c = step["concurrency"]
+        ratio = _get(step, "throughput_check", "client_over_vllm")
+        if ratio is not None:
+            checks.append(Check("client tok/s vs vLLM's counter", c, abs(ratio - 1) <= tolerance,
+                                f"{ratio:.0%} over the same span (tolerance ±{tolerance:.0%})"))
+        wait = where_waited(step)
+        if wait is not None:
+            checks.append(Check("Little's law: client in flight vs vLLM running + waiting", c,
+                                not wait.front_of_engine,
+                                f"{wait.client_in_flight:.1f} open at the client, {wait.engine_held:.1f} in vLLM"
+                                + (f": {wait.in_front:.1f} waited in front of the engine" if wait.front_of_engine
+                                   else "")))
+        client_user, server_user = _get(step, "client", "user_tok_s_p50"), server_user_tok_s(step)
+        if client_user and server_user:
+            checks.append(Check("per-user speed vs the server's time per token", c, not bunched(step),
+                                f"client {client_user:,.0f} tok/s per stream, server {server_user:,.0f} "
+                                "(1 / mean ITL)" + (": tokens reached the client bunched, the server's figure is "
+                                                    "used" if bunched(step) else "")))
+        ttft = {k: _get(step, *path) for k, path in (("client", ("client", "ttft_p50_s")),
+                                                      ("collector", ("server", "collector", "ttft_p50_s")),
+                                                      ("vLLM", ("server", "vllm", "ttft_p50_s")))}
+        order = [(k, v) for k, v in ttft.items() if v is not None]
+        if len(order) >= 2:
+            broken = [f"{a} {va * 1000:.1f} ms < {b} {vb * 1000:.1f} ms"
+                      for (a, va), (b, vb) in itertools.pairwise(order)
+                      if va < vb - max(TTFT_ORDER_SLACK_S, 0.2 * vb)]
+            checks.append(Check("TTFT p50: client ≥ collector ≥ vLLM", c, not broken,
+                                "; ".join(broken) or ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in order)))
+    limit, single = bandwidth.get("limit_tok_s"), bandwidth.get("single_stream_tok_s")
+    if limit and single:
+        checks.append(Check("single-stream decode ≤ the memory-bandwidth limit", 1, single <= limit * 1.05,
+                            f"{single:,.0f} tok/s vs a limit of {limit:,.0f}"))
+    return checks

@@ -1,0 +1,123 @@
+"""The report's diagnosis on recorded runs and on the pure functions behind it (no stack needed).
+
+`data/h200-qwen3-8b-default/results.json` is the project's own default sweep as it ran against vLLM
+0.26 (CUDA) on an NVIDIA H200 (shared/fixtures): its report used to say "no queueing, KV pressure or
+errors visible on the server" and flag the load client as the first stress signal on the server.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadgen import diagnosis
+from loadgen.analysis import analyse
+from loadgen.plots import _spaced
+from loadgen.prom import bucket_of
+
+ROOT = Path(__file__).resolve().parent.parent
+H200 = ROOT / "tests" / "data" / "h200-qwen3-8b-default"
+
+
+@pytest.fixture()
+def h200_run(tmp_path: Path) -> Path:
+    run = tmp_path / "h200"
+    shutil.copytree(H200, run)
+    return run
+
+
+def test_h200_report_names_the_front_end_wait_the_peak_and_the_collapse(h200_run: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "loadgen", "report", str(h200_run)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = (h200_run / "report.md").read_text()
+    analysis = analyse(json.loads((h200_run / "results.json").read_text()))
+    # where requests waited: in front of the engine, from 160 users on (vLLM held 104 of 160)
+    assert analysis.what_broke_first.startswith("front-end: requests waited in front of the engine")
+    assert "vLLM held only 203" in analysis.what_broke_first
+    assert analysis.first_signal is not None and analysis.first_signal.startswith("160 users: 56 requests waited")
+    assert "no queueing, KV pressure or errors visible" not in report
+    # the throughput knee beside the SLO knee
+    assert analysis.knee.concurrency == 368 and analysis.knee.first_bad == 416
+    peak = analysis.throughput_knee
+    assert peak is not None and peak.peak_concurrency == 368 and round(peak.peak_tok_s) == 18767
+    assert [(c, round(d, 2)) for c, _, d in peak.collapse] == [(512, -0.27)]
+    assert "peaked at 18,767 tok/s at 368 users and fell to 13,757 tok/s at 512 users (-27%)" in analysis.envelope
+    # no client-CPU flag: k6 used under one of the 16 cores it could run on
+    assert not analysis.client_signals and not any("k6" in f or "CPU" in f for f in analysis.flags)
+    assert "CPU-bound" not in report
+    # per-user speed consistent with the aggregate, both named
+    assert "65 tok/s once the answer starts (51 tok/s per user averaged over whole requests, 18,767 tok/s" in report
+    # ITL and queue time at low load are first-bucket artifacts: shown as bounds, never as 5.0 / 9.5 / 285 ms
+    server = report.split("## Server side per step")[1].split("##")[0]
+    one_user = next(line for line in server.splitlines() if line.startswith("| 1 |"))
+    assert "≤ 10" in one_user and "≤ 300" in one_user and "5.0" not in one_user and "285" not in one_user
+    # the decode limit of the GPU that was measured (H200), not a GB10 figure
+    assert "4800 GB/s" in report and "195 tok/s" in report and "66.7% of the limit" in report
+    # the Universal Scalability Law fit and its residuals are shown, with its verdict
+    assert "Universal Scalability Law fit: contention sigma" in report and "residuals" in report
+    # plot labels never overlap: 320 / 368 / 416 / 512 cannot all be labelled on a log axis
+    assert _spaced([1, 5, 20, 40, 80, 160, 320, 368, 416, 512], log=True) == [1, 5, 20, 40, 80, 160, 320, 512]
+
+
+def test_bucket_of_says_when_a_quantile_is_only_a_bound() -> None:
+    buckets = [(0.01, 900.0), (0.025, 990.0), (0.05, 1000.0), (float("inf"), 1000.0)]
+    assert bucket_of(buckets, 0.5) == (0.0, 0.01)
+    assert bucket_of(buckets, 0.95) == (0.01, 0.025)
+    assert bucket_of([(0.01, 0.0), (float("inf"), 0.0)], 0.5) is None
+    first = diagnosis.server_quantile({"itl_p50_s": 0.005, "itl_p50_bucket_s": [0.0, 0.01], "itl_mean_s": 0.0042},
+                                      "itl", "p50")
+    assert first.upper_bound_only and first.text_ms() == "≤ 10 (mean 4.2)"
+    inner = diagnosis.server_quantile({"itl_p95_s": 0.02, "itl_p95_bucket_s": [0.01, 0.025]}, "itl", "p95")
+    assert not inner.upper_bound_only and inner.text_ms() == "20.0"
+
+
+def test_usl_fit_recovers_known_parameters_and_refuses_a_bad_fit() -> None:
+    sigma, kappa, lam = 0.05, 0.0004, 100.0
+    points = [(n, lam * n / (1 + sigma * (n - 1) + kappa * n * (n - 1))) for n in (1, 2, 4, 8, 16, 32, 64, 128)]
+    fit = diagnosis.usl_fit(points)
+    assert fit.fits and fit.sigma is not None and fit.kappa is not None and fit.peak_n is not None
+    assert abs(fit.sigma - sigma) < 1e-6 and abs(fit.kappa - kappa) < 1e-8
+    assert abs(fit.peak_n - ((1 - sigma) / kappa) ** 0.5) < 1e-3
+    assert not diagnosis.usl_fit([(1, 100.0), (2, 190.0)]).fits  # too few steps
+    assert not diagnosis.usl_fit([(2, 100.0), (4, 190.0), (8, 300.0), (16, 350.0)]).fits  # no one-user anchor
+    zigzag = diagnosis.usl_fit([(1, 100.0), (2, 400.0), (4, 150.0), (8, 900.0), (16, 200.0)])
+    assert not zigzag.fits
+
+
+def test_little_law_places_the_wait_by_the_front_ends_cpu() -> None:
+    step = {"concurrency": 64, "client": {"in_flight_avg": 64.0},
+            "server": {"vllm": {"running_avg": 20.0, "waiting_avg": 0.0, "api_server_cpu_cores": 0.98},
+                       "collector": {"cpu_cores": 0.4, "in_flight_avg": 63.0}, "host": {"cpu_busy_ratio": 0.6}}}
+    wait = diagnosis.where_waited(step)
+    assert wait is not None and wait.front_of_engine and wait.where == "vLLM's API server"
+    assert "--api-server-count" in diagnosis.wait_sentence(wait)
+    step["server"]["vllm"]["api_server_cpu_cores"] = 0.3
+    step["server"]["collector"]["cpu_cores"] = 0.97
+    wait = diagnosis.where_waited(step)
+    assert wait is not None and wait.where == "the collector"
+    # the counted occupancy (Little's law on vLLM's own histograms) wins over gauges that missed it
+    step["server"]["vllm"].update(running_avg=0.0, running_mean_counted=63.5)
+    wait = diagnosis.where_waited(step)
+    assert wait is not None and not wait.front_of_engine
+
+
+def test_bunched_delivery_uses_the_servers_per_user_speed() -> None:
+    step = {"concurrency": 1, "client": {"user_tok_s_p50": 678_038.0},
+            "server": {"vllm": {"itl_mean_s": 0.0045}}}
+    assert diagnosis.bunched(step)
+    assert diagnosis.server_user_tok_s(step) == pytest.approx(222.2, abs=0.1)
+    step["client"]["user_tok_s_p50"] = 215.0
+    assert not diagnosis.bunched(step)
+
+
+def test_gpu_bandwidth_by_name() -> None:
+    assert diagnosis.gpu_bandwidth("NVIDIA H200") == 4800.0
+    assert diagnosis.gpu_bandwidth("NVIDIA H100 80GB HBM3") == 3350.0
+    assert diagnosis.gpu_bandwidth("NVIDIA GB10") == 273.0
+    assert diagnosis.gpu_bandwidth(None) is None and diagnosis.gpu_bandwidth("Some Other GPU") is None
