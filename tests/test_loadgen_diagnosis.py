@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,7 +92,7 @@ def test_usl_fit_recovers_known_parameters_and_refuses_a_bad_fit() -> None:
 
 
 def test_little_law_places_the_wait_by_the_front_ends_cpu() -> None:
-    step = {"concurrency": 64, "client": {"in_flight_avg": 64.0},
+    step: dict[str, Any] = {"concurrency": 64, "client": {"in_flight_avg": 64.0},
             "server": {"vllm": {"running_avg": 20.0, "waiting_avg": 0.0, "api_server_cpu_cores": 0.98},
                        "collector": {"cpu_cores": 0.4, "in_flight_avg": 63.0}, "host": {"cpu_busy_ratio": 0.6}}}
     wait = diagnosis.where_waited(step)
@@ -108,7 +109,7 @@ def test_little_law_places_the_wait_by_the_front_ends_cpu() -> None:
 
 
 def test_bunched_delivery_uses_the_servers_per_user_speed() -> None:
-    step = {"concurrency": 1, "client": {"user_tok_s_p50": 678_038.0},
+    step: dict[str, Any] = {"concurrency": 1, "client": {"user_tok_s_p50": 678_038.0},
             "server": {"vllm": {"itl_mean_s": 0.0045}}}
     assert diagnosis.bunched(step)
     assert diagnosis.server_user_tok_s(step) == pytest.approx(222.2, abs=0.1)
