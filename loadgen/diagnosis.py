@@ -323,3 +323,32 @@ def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], t
         checks.append(Check("single-stream decode ≤ the memory-bandwidth limit", 1, single <= limit * 1.05,
                             f"{single:,.0f} tok/s vs a limit of {limit:,.0f}"))
     return checks
+
+
+# ------------------------------------------------------------------ the server's own capacity
+@dataclass(frozen=True)
+class KvFill:
+    kv_cache_tokens: float
+    tokens_per_request: float
+    users: float  # concurrency at which the requests in flight fill the KV cache
+
+
+def kv_fill(results: dict[str, Any]) -> KvFill | None:
+    """At which concurrency this profile's requests fill vLLM's KV cache (cache_config_info's
+    kv_cache_size_tokens / (prompt + output tokens per request)); None when vLLM did not say."""
+    flags = _get(results, "provenance", "engine_flags") or {}
+    try:
+        kv_tokens = float(flags.get("kv_cache_size_tokens") or 0) or (
+            float(flags["num_gpu_blocks"]) * float(flags["block_size"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if kv_tokens <= 0:
+        return None
+    prompts = [_get(s, "client", "prompt_tokens_per_request") for s in results.get("steps", [])
+               if s.get("status") == "done"]
+    prompt = next((p for p in prompts if p), None)
+    if prompt is None:  # before any step: the plan's words, at ~1.3 tokens a word plus the chat template
+        prompt = 1.3 * float(_get(results, "plan", "profile", "prompt_words") or 0) + 10
+    output = float(_get(results, "plan", "profile", "max_tokens") or 0)
+    per_request = prompt + output
+    return KvFill(kv_tokens, per_request, kv_tokens / per_request) if per_request > 0 else None

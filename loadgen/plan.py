@@ -31,7 +31,7 @@ class Profile:
 class Search:
     enabled: bool = True
     growth: float = 2.0
-    max_concurrency: int = 256
+    max_concurrency: int | None = None  # None: bounded by the server's KV capacity (knee.capacity_limit)
     resolution: float = 0.25
     max_steps: int = 14
 
@@ -129,7 +129,8 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
         raise PlanError(f"{source}: steps: must rise strictly (seed steps run in order), got {steps!r}")
     search = Search(**_section(source, data, "search", Search))
     _number(f"{source}: search.growth", search.growth, minimum=1.01)
-    _number(f"{source}: search.max_concurrency", search.max_concurrency, minimum=1, integer=True)
+    if search.max_concurrency is not None:
+        _number(f"{source}: search.max_concurrency", search.max_concurrency, minimum=1, integer=True)
     _number(f"{source}: search.resolution", search.resolution, minimum=0)
     _number(f"{source}: search.max_steps", search.max_steps, minimum=1, integer=True)
     stop = Stop(**_section(source, data, "stop", Stop))

@@ -107,12 +107,16 @@ def git_commit() -> str | None:
 
 def collect(target: str, vllm_url: str | None, prom: Prometheus | None, settings: dict[str, str]) -> dict[str, Any]:
     version = _get_json(f"{target}/version") or (_get_json(f"{vllm_url}/version") if vllm_url else None)
+    model = model_record(_get_json(f"{target}/v1/models"))
+    # The native CPU stack's knobs describe the measured server only when it is that stack's model.
+    native = model.get("id") is not None and model.get("id") == settings.get("NATIVE_SERVED_MODEL_NAME")
     return {
         "engine": "vLLM" if version else "unknown (no /version)",
         "engine_version": (version or {}).get("version"),
-        "model": model_record(_get_json(f"{target}/v1/models")),
+        "model": model,
         "engine_flags": engine_flags(prom),
-        "native_settings": {key: settings[key] for key in NATIVE_SETTINGS if key in settings},
+        "native_settings": ({key: settings[key] for key in NATIVE_SETTINGS if key in settings} if native else
+                            "not the native stack's server: see engine_flags"),
         "gpu": gpu_record(prom),
         "k6_version": k6_version(),
         "host": {"machine": platform.machine(), "system": platform.platform(), "cpus": os.cpu_count(),

@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from loadgen import diagnosis, plots
+from loadgen import diagnosis, knee, plots
 from loadgen.analysis import Analysis, Row, analyse
 from loadgen.panels import DASHBOARDS
 
@@ -153,6 +153,23 @@ def checks_table(analysis: Analysis) -> dict[str, Any]:
     return {"headers": ["check", "held at (users)", "FLAGGED at (users: figures)"], "rows": rows, "bad": bad}
 
 
+def capacity_text(results: dict[str, Any]) -> str:
+    """What the server says it can hold, and where the climb was bounded."""
+    plan_cap = ((results.get("plan") or {}).get("search") or {}).get("max_concurrency")
+    fill = diagnosis.kv_fill(results)
+    if fill is None:
+        text = "vLLM did not report its KV-cache capacity (cache_config_info), so no KV bound is known"
+    else:
+        text = (f"vLLM's KV cache holds {fill.kv_cache_tokens:,.0f} tokens; at ~{fill.tokens_per_request:,.0f} tokens "
+                f"per request (prompt + output) it fills at about {fill.users:,.0f} concurrent users")
+    limit = plan_cap or knee.capacity_limit(fill.kv_cache_tokens if fill else None,
+                                            fill.tokens_per_request if fill else None)
+    source = "the plan's max_concurrency" if plan_cap else (
+        "twice that" if fill else f"a fallback of {knee.FALLBACK_LIMIT}")
+    return (f"{text}. The climb was bounded at {limit:,} users ({source}); it also stops where the SLO breaks or "
+            "throughput falls.")
+
+
 def bend_text(analysis: Analysis) -> str:
     """Where throughput peaked and fell, and what the Universal Scalability Law makes of the steps."""
     peak = analysis.throughput_knee
@@ -255,7 +272,7 @@ def render(run_dir: Path) -> tuple[Path, Path]:
         "server_table": server_table(steps), "throughput_table": throughput_table(steps),
         "slo_table": slo_table(results), "bandwidth": bandwidth_text(analysis.bandwidth, results),
         "wait_table": wait_table(analysis, steps), "checks_table": checks_table(analysis),
-        "bend_text": bend_text(analysis),
+        "bend_text": bend_text(analysis) + " " + capacity_text(results),
         "figures": [(title, path.relative_to(run_dir).as_posix(), _data_uri(path)) for title, path in figures],
         "timeline": ((timeline_path.relative_to(run_dir).as_posix(), _data_uri(timeline_path))
                      if timeline_path else None),

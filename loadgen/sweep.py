@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import psutil
 from tqdm import tqdm
 
-from loadgen import knee, stats
+from loadgen import diagnosis, knee, stats
 from loadgen.grafana_annotate import Annotator
 from loadgen.k6_runner import StepRun, StepSpec, run_step
 from loadgen.plan import Plan
@@ -66,7 +66,13 @@ class Sweep:
         return [s for s in self.results["steps"] if s["status"] == "done"]
 
     def outcomes(self) -> list[knee.Outcome]:
-        return [knee.Outcome(s["concurrency"], s["slo"]["ok"], s.get("hard_stop")) for s in self.done_steps()]
+        return [knee.Outcome(s["concurrency"], s["slo"]["ok"], s.get("hard_stop"), (s.get("client") or {}).get(
+            "output_tok_s")) for s in self.done_steps()]
+
+    def server_limit(self) -> int:
+        """The climb's bound where the plan sets none: twice the users whose requests fill the KV cache."""
+        fill = diagnosis.kv_fill(self.results)
+        return knee.capacity_limit(fill.kv_cache_tokens if fill else None, fill.tokens_per_request if fill else None)
 
     # ---------------------------------------------------------------- one step
     def _watchdog(self, bar: tqdm[Any], started: float, length: float) -> Any:
@@ -210,7 +216,7 @@ class Sweep:
                    desc="sweep", leave=True)
         status = "complete"
         try:
-            while (concurrency := knee.next_concurrency(plan, self.outcomes())) is not None:
+            while (concurrency := knee.next_concurrency(plan, self.outcomes(), self.server_limit())) is not None:
                 bar.set_description(f"step {concurrency:>4} users")
                 self.results["steps"] = [s for s in self.results["steps"] if s["concurrency"] != concurrency]
                 step = self.run_one(concurrency, bar)

@@ -116,3 +116,32 @@ def test_client_step_stats_uses_only_requests_started_in_the_window() -> None:
     assert figures["ttft_p50_s"] == pytest.approx(0.1)  # the warm-up request's 9 s TTFT is excluded
     assert figures["user_tok_s_p50"] == pytest.approx(10 / 1.0)
     assert figures["output_tok_s"] == pytest.approx((10 * 0 + 11) / 10)
+
+
+# Aggregate tok/s per concurrency of the H200 fixture's default sweep (tests/data/h200-qwen3-8b-default): the
+# SLO held to 368 users while throughput peaked there and fell 27% at 512.
+H200_TOK_S = {1: 192, 5: 906, 20: 3501, 40: 6564, 80: 11352, 160: 14912, 320: 18147, 368: 18767, 416: 18155,
+              512: 13757}
+
+
+def test_a_throughput_collapse_ends_the_climb_even_while_the_slo_holds() -> None:
+    p = plan(steps=[1, 5, 20], search={"growth": 2.0, "resolution": 0.25, "max_steps": 14})
+    outcomes: list[knee.Outcome] = []
+    while (c := knee.next_concurrency(p, outcomes, server_limit=10_000)) is not None:
+        tok_s = H200_TOK_S.get(c, H200_TOK_S[512] * 0.8 if c > 512 else None)
+        outcomes.append(knee.Outcome(c, True, None, tok_s))  # an SLO that never breaks
+    order = [o.concurrency for o in outcomes]
+    # 640 (not in the fixture: taken as 80% of 512's) falls well under 320's 18k tok/s: the climb stops there
+    assert order == [1, 5, 20, 40, 80, 160, 320, 640] and knee.throughput_fell(outcomes)
+
+
+def test_the_climb_is_bounded_by_the_servers_kv_capacity_without_a_plan_cap() -> None:
+    # 12,288 KV tokens at 910 tokens per request fill at 13.5 users: the climb stops at twice that
+    limit = knee.capacity_limit(12_288, 910)
+    assert limit == 28
+    p = plan(steps=[1, 4], search={"growth": 2.0, "resolution": 0.1, "max_steps": 20})
+    outcomes: list[knee.Outcome] = []
+    while (c := knee.next_concurrency(p, outcomes, server_limit=limit)) is not None:
+        outcomes.append(knee.Outcome(c, True, None, 100.0 * c))
+    assert [o.concurrency for o in outcomes] == [1, 4, 8, 16, 28]
+    assert knee.capacity_limit(None, 910) == knee.FALLBACK_LIMIT
