@@ -116,7 +116,7 @@ def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
     for note in notes:
         print(note, file=sys.stderr)
     remote_write = None if (prometheus is None or args.no_remote_write) else f"{prometheus.url}/api/v1/write"
-    record = provenance.collect(target, service_url(settings, "VLLM_PORT"), prometheus, settings)
+    record = provenance.collect(target, service_url(settings, "VLLM_PORT"), prometheus, settings, args.api_key)
     slo = slo_for_run(thresholds, plan.slo)
     if args.resume:
         run_dir = Path(args.resume)

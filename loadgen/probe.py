@@ -34,9 +34,10 @@ class Probe:
     verdict: str  # "head held (collector header)", "headers before first token" or "undetermined"
 
 
-def served_model(target: str) -> str:
+def served_model(target: str, api_key: str | None = None) -> str:
     try:
-        response = requests.get(f"{target}/v1/models", timeout=10)
+        response = requests.get(f"{target}/v1/models", timeout=10,
+                                headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
         response.raise_for_status()
         return str(response.json()["data"][0]["id"])
     except (requests.RequestException, KeyError, IndexError, ValueError) as error:
@@ -70,7 +71,7 @@ def _one(target: str, model: str, api_key: str | None) -> tuple[float, float, bo
 
 
 def probe_target(target: str, model: str | None = None, api_key: str | None = None, rounds: int = 5) -> Probe:
-    model = model or served_model(target)
+    model = model or served_model(target, api_key)
     try:
         samples = [_one(target, model, api_key) for _ in range(rounds)]
     except requests.RequestException as error:

@@ -24,9 +24,9 @@ DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "float8_e4m3fn":
                "int4": 0.5}
 
 
-def _get_json(url: str) -> Any:
+def _get_json(url: str, api_key: str | None = None) -> Any:
     try:
-        response = requests.get(url, timeout=10)
+        response = requests.get(url, timeout=10, headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
         response.raise_for_status()
         return response.json()
     except (requests.RequestException, ValueError):
@@ -105,9 +105,10 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def collect(target: str, vllm_url: str | None, prom: Prometheus | None, settings: dict[str, str]) -> dict[str, Any]:
-    version = _get_json(f"{target}/version") or (_get_json(f"{vllm_url}/version") if vllm_url else None)
-    model = model_record(_get_json(f"{target}/v1/models"))
+def collect(target: str, vllm_url: str | None, prom: Prometheus | None, settings: dict[str, str],
+            api_key: str | None = None) -> dict[str, Any]:
+    version = _get_json(f"{target}/version", api_key) or (_get_json(f"{vllm_url}/version") if vllm_url else None)
+    model = model_record(_get_json(f"{target}/v1/models", api_key))
     # The native CPU stack's knobs describe the measured server only when it is that stack's model.
     native = model.get("id") is not None and model.get("id") == settings.get("NATIVE_SERVED_MODEL_NAME")
     return {

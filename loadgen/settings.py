@@ -29,5 +29,7 @@ def stack_settings() -> dict[str, str]:
 
 
 def service_url(settings: dict[str, str], port_key: str) -> str | None:
+    if port_key == "VLLM_PORT" and settings.get("VLLM_URL", "").strip():
+        return settings["VLLM_URL"].strip().rstrip("/")  # the stack runs beside an external vLLM
     port = settings.get(port_key)
     return f"http://{settings.get('BIND_ADDRESS', '127.0.0.1')}:{port}" if port else None

@@ -4,7 +4,11 @@ The same configuration files serve both modes: `compose/.env(.example)` for port
 `prometheus/` for scrape, rule and Alertmanager files. Only the scrape targets differ: native
 mode writes them for file-based service discovery under var/prometheus/targets.
 
-    scripts/local up|down|status
+    scripts/local up|down|status [SERVICE...]
+    VLLM_URL=http://HOST:PORT scripts/local up     # beside a vLLM already running (e.g. on a GPU)
+
+With VLLM_URL set (in compose/.env or the environment) the stack starts no vLLM of its own: the
+collector relays to that URL and Prometheus scrapes its /metrics there.
 
 Everything it writes (logs, PIDs, data, the generated model) lives under var/.
 """
@@ -23,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 import yaml
@@ -86,6 +91,16 @@ def model_dir() -> Path:
     return VAR / "model"
 
 
+def external_vllm(s: dict[str, str]) -> str | None:
+    """The URL of a vLLM the stack runs beside instead of starting its own (None: start the CPU build)."""
+    url = s.get("VLLM_URL", "").strip().rstrip("/")
+    return url or None
+
+
+def vllm_url(s: dict[str, str]) -> str:
+    return external_vllm(s) or f"http://{s['BIND_ADDRESS']}:{s['VLLM_PORT']}"
+
+
 def otlp_traces_endpoint(environ: dict[str, str] | None = None) -> str | None:
     """The OTLP/HTTP traces URL from the standard OTEL_* variables (None: tracing export off).
 
@@ -127,7 +142,7 @@ COLLECTOR_ENV = ("COLLECTOR_CONNECT_TIMEOUT", "COLLECTOR_MAX_BODY_BYTES", "COLLE
 def collector_command(s: dict[str, str]) -> list[str]:
     return [
         str(APP_PYTHON), "-m", "collector",
-        "--upstream", f"http://{s['BIND_ADDRESS']}:{s['VLLM_PORT']}",
+        "--upstream", vllm_url(s),
         "--host", s["BIND_ADDRESS"],
         "--port", s["COLLECTOR_PORT"],
     ]
@@ -182,9 +197,11 @@ def services(s: dict[str, str]) -> list[Service]:
         # vLLM's exporter defaults to gRPC; the endpoint above is OTLP/HTTP.
         vllm_env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
         vllm_env["OTEL_SERVICE_NAME"] = "vllm"
-    return [
+    own_vllm = [] if external_vllm(s) else [
         Service("vllm", int(s["VLLM_PORT"]), "/health", vllm_command, str(VLLM_PYTHON), vllm_env,
-                VLLM_START_TIMEOUT_S),
+                VLLM_START_TIMEOUT_S)]
+    return [
+        *own_vllm,
         Service("node-exporter", int(s["NODE_EXPORTER_PORT"]), "/metrics", node_exporter_command,
                 "prometheus-node-exporter"),
         Service("alert-webhook", int(s["ALERT_WEBHOOK_PORT"]), "/healthz", alert_webhook_command,
@@ -228,7 +245,10 @@ def write_prometheus_dir(s: dict[str, str]) -> None:
     targets.mkdir(exist_ok=True)
     host = s["BIND_ADDRESS"]
     for name, port_key in SCRAPE_TARGETS.items():
-        groups = [] if name in NATIVE_ABSENT else [{"targets": [f"{host}:{s[port_key]}"]}]
+        address = f"{host}:{s[port_key]}"
+        if name == "vllm" and external_vllm(s):
+            address = urlsplit(vllm_url(s)).netloc
+        groups = [] if name in NATIVE_ABSENT else [{"targets": [address]}]
         (targets / f"{name}.yml").write_text(yaml.safe_dump(groups))
     # Alertmanager's webhook receiver lives on the host in native mode.
     webhook = out / "alertmanager.yml"
@@ -370,6 +390,12 @@ def up(s: dict[str, str], only: list[str] | None = None) -> None:
     if not to_start:
         print("native stack already running")
         return
+    if external_vllm(s):
+        try:
+            requests.get(vllm_url(s) + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as error:
+            raise StackError(f"VLLM_URL {vllm_url(s)} is not a healthy vLLM ({type(error).__name__})") from None
+        print(f"  {'vllm':<14} external  {vllm_url(s)}")
     if any(svc.name == "vllm" for svc in to_start):  # make_model.py skips a current model
         subprocess.run([str(APP_PYTHON), str(ROOT / "scripts" / "make_model.py"), str(model_dir())], check=True)
     write_prometheus_dir(s)

@@ -76,7 +76,7 @@ def stack(settings: dict[str, str]) -> Iterator[Stack]:
     try:
         yield Stack(
             settings=settings,
-            vllm=url("VLLM_PORT"),
+            vllm=native_stack.vllm_url(settings),
             collector=url("COLLECTOR_PORT"),
             prometheus=url("PROMETHEUS_PORT"),
             alertmanager=url("ALERTMANAGER_PORT"),
