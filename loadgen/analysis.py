@@ -73,7 +73,7 @@ def running_peak(vllm: dict[str, Any]) -> float | None:
     return max(values) if values else None
 
 
-def step_signals(step: dict[str, Any], thresholds: dict[str, float]) -> list[str]:
+def step_signals(step: dict[str, Any], thresholds: dict[str, float], host_cpu_counts: bool = True) -> list[str]:
     """Stress signals visible in a step's server-side metrics (and the client's errors)."""
     signals: list[str] = []
     vllm = _get(step, "server", "vllm") or {}
@@ -94,7 +94,7 @@ def step_signals(step: dict[str, Any], thresholds: dict[str, float]) -> list[str
     waiting = waiting_peak(vllm)
     if waiting is not None and waiting >= 1:
         signals.append(f"queue: up to {waiting:.0f} waiting")
-    wait = diagnosis.where_waited(step)
+    wait = diagnosis.where_waited(step, host_cpu_counts)
     if wait is not None and wait.front_of_engine:
         signals.append(f"{wait.in_front:.0f} requests waited in front of the engine"
                        + (f" ({wait.where})" if wait.where and wait.where != "undetermined" else ""))
@@ -105,7 +105,7 @@ def step_signals(step: dict[str, Any], thresholds: dict[str, float]) -> list[str
     if collector_cpu is not None and collector_cpu >= diagnosis.PROCESS_SATURATED_CORES:
         signals.append(f"collector {collector_cpu:.2f} core")
     busy = host.get("cpu_busy_ratio")
-    if busy is not None and busy >= HOST_CPU_SATURATED:
+    if host_cpu_counts and busy is not None and busy >= HOST_CPU_SATURATED:
         signals.append(f"host CPU {busy:.0%} busy")
     return signals
 
@@ -133,7 +133,7 @@ def _rise(before: float | None, after: float | None) -> float | None:
 
 
 def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: bool,
-                thresholds: dict[str, float]) -> tuple[str, list[str]]:
+                thresholds: dict[str, float], host_cpu_counts: bool = True) -> tuple[str, list[str]]:
     """The cause of the first SLO-breaking step, and the evidence (last good step vs first bad)."""
     vb = _get(bad, "server", "vllm") or {}
     vg = _get(good, "server", "vllm") or {} if good else {}
@@ -175,7 +175,7 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
             evidence.append(line("p95 queue time (vLLM)", vg.get("queue_p95_s"), vb["queue_p95_s"], ".3f"))
         return (f"queueing: every sequence slot was busy ({running_max or 0:.0f} running), up to {waiting_max:.0f} "
                 f"requests waited and TTFT climbed"), evidence
-    wait = diagnosis.where_waited(bad)
+    wait = diagnosis.where_waited(bad, host_cpu_counts)
     if wait is not None and wait.front_of_engine:
         evidence += wait.evidence
         evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
@@ -192,7 +192,7 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
     if itl_bad is not None:
         evidence.append(line("p95 inter-token latency (vLLM)", itl_good, itl_bad, ".4f"))
     busy = _get(bad, "server", "host", "cpu_busy_ratio")
-    if busy is not None and busy >= HOST_CPU_SATURATED:
+    if host_cpu_counts and busy is not None and busy >= HOST_CPU_SATURATED:
         evidence.append(f"host CPUs {busy:.0%} busy")
         return ("host CPU: the host's CPUs were saturated while vLLM showed no queueing, KV pressure or errors; "
                 "every process on the box (engine, front-ends, load client) competed for them"), evidence
@@ -300,6 +300,7 @@ def analyse(results: dict[str, Any]) -> Analysis:
     thresholds = load_thresholds()
     ttfb_is_ttft = bool(results.get("ttfb_is_ttft"))
     steps = sorted((s for s in results["steps"] if s["status"] == "done"), key=lambda s: s["concurrency"])
+    host_cpu_counts = diagnosis.host_cpu_informative(steps)
     rows: list[Row] = []
     for step in steps:
         client = step.get("client") or {}
@@ -311,7 +312,8 @@ def analyse(results: dict[str, Any]) -> Analysis:
             vllm_tok_s=_get(step, "throughput_check", "vllm_tok_s"), user_tok_s=user,
             ttft_p50_s=ttft50, ttft_p95_s=ttft95, ttft_source=source, user_tok_s_source=user_source,
             e2e_p95_s=client.get("e2e_p95_s"), requests=client.get("requests", 0), errors=client.get("errors", 0),
-            slo_ok=step["slo"]["ok"], broken=step["slo"]["broken"], signals=step_signals(step, thresholds)))
+            slo_ok=step["slo"]["ok"], broken=step["slo"]["broken"],
+            signals=step_signals(step, thresholds, host_cpu_counts)))
     outcomes = [knee.Outcome(s["concurrency"], s["slo"]["ok"], s.get("hard_stop")) for s in steps]
     found = knee.find_knee(plan, outcomes)
     by_c = {s["concurrency"]: s for s in steps}
@@ -321,13 +323,18 @@ def analyse(results: dict[str, Any]) -> Analysis:
         cause, evidence = "nothing: the SLO held at every concurrency tested", list[str]()
     else:
         good = by_c.get(found.concurrency) if found.concurrency else None
-        cause, evidence = broke_first(good, by_c[found.first_bad], ttfb_is_ttft, thresholds)
+        cause, evidence = broke_first(good, by_c[found.first_bad], ttfb_is_ttft, thresholds, host_cpu_counts)
     three = ttft_three_ways(steps)
     points = [(r.concurrency, r.output_tok_s) for r in rows if r.output_tok_s is not None]
     bandwidth = bandwidth_limit(results, plan, rows)
-    waits = [w for w in (diagnosis.where_waited(s) for s in steps) if w is not None]
+    waits = [w for w in (diagnosis.where_waited(s, host_cpu_counts) for s in steps) if w is not None]
     peak = diagnosis.throughput_knee(points)
     checks = diagnosis.consistency_checks(steps, bandwidth, THROUGHPUT_AGREEMENT)
+    if steps and not host_cpu_counts:
+        flags.append(f"The host's CPUs were at least {HOST_CPU_SATURATED:.0%} busy already at "
+                     f"{_n_users(steps[0]['concurrency'])}, the least loaded step: the engine computes (or waits "
+                     "spinning) on CPU cores or other work shares them, so host CPU saturation cannot tell load apart "
+                     "here and is not used as evidence.")
     for check in checks:
         if not check.ok:
             flags.append(f"{_n_users(check.concurrency) + ': ' if check.concurrency else ''}{check.name}: "

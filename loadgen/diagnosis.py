@@ -113,6 +113,8 @@ class Wait:
     in_front: float  # client_in_flight - engine_held
     where: str  # "", "the collector", "vLLM's API server", "the host's CPUs", "undetermined"
     evidence: list[str]
+    api_server_cpu: float | None = None  # cores
+    collector_cpu: float | None = None
 
     @property
     def front_of_engine(self) -> bool:
@@ -134,7 +136,15 @@ def _mean_held(vllm: dict[str, Any]) -> tuple[float | None, float]:
     return running + (waiting or 0.0), waiting or 0.0
 
 
-def where_waited(step: dict[str, Any]) -> Wait | None:
+def host_cpu_informative(steps: list[dict[str, Any]]) -> bool:
+    """Host CPU saturation tells load apart only if the least loaded step left CPU idle: on a box whose
+    engine computes (or spins) on CPU cores every step reads ~100%, and saturation is no finding."""
+    lowest = min(steps, key=lambda s: s["concurrency"], default=None)
+    busy = _get(lowest, "server", "host", "cpu_busy_ratio")
+    return busy is None or busy < HOST_CPU_SATURATED
+
+
+def where_waited(step: dict[str, Any], host_cpu_counts: bool = True) -> Wait | None:
     vllm = _get(step, "server", "vllm")
     if not vllm:
         return None
@@ -169,11 +179,11 @@ def where_waited(step: dict[str, Any]) -> Wait | None:
             evidence.append(f"host CPUs {host_busy:.0%} busy")
         if saturated:
             where = " and ".join(saturated)
-        elif host_busy is not None and host_busy >= HOST_CPU_SATURATED:
+        elif host_cpu_counts and host_busy is not None and host_busy >= HOST_CPU_SATURATED:
             where = "the host's CPUs"
         else:
             where = "undetermined"
-    return Wait(step["concurrency"], in_flight, held, waiting, in_front, where, evidence)
+    return Wait(step["concurrency"], in_flight, held, waiting, in_front, where, evidence, api_cpu, collector_cpu)
 
 
 REMEDY = {
@@ -187,12 +197,13 @@ def wait_sentence(wait: Wait) -> str:
     """One sentence from a Wait that showed requests in front of the engine."""
     if wait.where != "undetermined":
         place = f"in front of the engine, in {wait.where}" if wait.where else "in front of the engine"
-    elif any("core" in e for e in wait.evidence):
-        place = ("in front of the engine (neither the collector nor vLLM's API server was CPU-saturated, so where "
-                 "exactly is undetermined)")
     else:
-        place = ("in front of the engine (the collector's and vLLM's API-server CPU were not recorded in this run, "
-                 "so which of them held the requests is undetermined)")
+        known = [f"{name} used {cpu:.2f} of a core" for name, cpu in
+                 (("vLLM's API server", wait.api_server_cpu), ("the collector", wait.collector_cpu)) if cpu is not None]
+        unknown = [name for name, cpu in (("vLLM's API server", wait.api_server_cpu),
+                                          ("the collector", wait.collector_cpu)) if cpu is None]
+        parts = known + ([f"the CPU of {' and '.join(unknown)} was not recorded"] if unknown else [])
+        place = f"in front of the engine ({'; '.join(parts)}: where exactly is undetermined)"
     remedy = REMEDY.get(wait.where)
     return (f"requests waited {place}: at {wait.concurrency} users the client had {wait.client_in_flight:.0f} open "
             f"but vLLM held only {wait.engine_held:.0f} ({wait.engine_waiting:.0f} of them waiting)"
@@ -289,13 +300,14 @@ def bunched(step: dict[str, Any]) -> bool:
 
 def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], tolerance: float) -> list[Check]:
     checks: list[Check] = []
+    host_cpu_counts = host_cpu_informative(steps)
     for step in steps:
         c = step["concurrency"]
         ratio = _get(step, "throughput_check", "client_over_vllm")
         if ratio is not None:
             checks.append(Check("client tok/s vs vLLM's counter", c, abs(ratio - 1) <= tolerance,
                                 f"{ratio:.0%} over the same span (tolerance ±{tolerance:.0%})"))
-        wait = where_waited(step)
+        wait = where_waited(step, host_cpu_counts)
         if wait is not None:
             checks.append(Check("Little's law: client in flight vs vLLM running + waiting", c,
                                 not wait.front_of_engine,
