@@ -12,6 +12,7 @@ from typing import Any
 
 import psutil
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadgen.k6_runner import k6_version
 from loadgen.prom import Prometheus, PrometheusDown
@@ -77,23 +78,35 @@ def gpu_record(prom: Prometheus | None) -> dict[str, Any]:
             return {"source": "DCGM exporter", "gpus": len(result), "name": labels.get("modelName"),
                     "driver": labels.get("DCGM_FI_DRIVER_VERSION")}
     if shutil.which("nvidia-smi"):
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
         if out.returncode == 0 and out.stdout.strip():
-            name, _, driver = out.stdout.strip().splitlines()[0].partition(",")
-            return {"source": "nvidia-smi", "name": name.strip(), "driver": driver.strip()}
+            lines = out.stdout.strip().splitlines()
+            name, driver, memory = ([*(f.strip() for f in lines[0].split(",")), "", ""])[:3]
+            return {"source": "nvidia-smi", "name": name, "driver": driver, "gpus": len(lines),
+                    "memory": memory or None}
     return {"source": None, "name": None, "driver": None,
             "note": "no GPU visible: no DCGM exporter series in Prometheus and no nvidia-smi here"}
 
 
-def engine_flags(prom: Prometheus | None) -> dict[str, str]:
-    if prom is None:
-        return {}
-    try:
-        result = prom.vector("vllm:cache_config_info")
-    except PrometheusDown:
-        return {}
-    labels = result[0]["metric"] if result else {}
+def engine_flags(prom: Prometheus | None, vllm_url: str | None = None) -> dict[str, str]:
+    """vLLM's cache_config_info labels (KV capacity and friends): from Prometheus, else (a Prometheus
+    that has not scraped yet) straight from vLLM's /metrics."""
+    labels: dict[str, str] = {}
+    if prom is not None:
+        try:
+            result = prom.vector("vllm:cache_config_info")
+        except PrometheusDown:
+            result = []
+        labels = result[0]["metric"] if result else {}
+    if not labels and vllm_url:
+        try:
+            text = requests.get(f"{vllm_url}/metrics", timeout=10).text
+            families = text_string_to_metric_families(text)
+            labels = next((sample.labels for family in families if family.name == "vllm:cache_config_info"
+                           for sample in family.samples), {})
+        except (requests.RequestException, ValueError):
+            labels = {}
     return {key: labels[key] for key in CACHE_CONFIG_LABELS if key in labels}
 
 
@@ -115,7 +128,7 @@ def collect(target: str, vllm_url: str | None, prom: Prometheus | None, settings
         "engine": "vLLM" if version else "unknown (no /version)",
         "engine_version": (version or {}).get("version"),
         "model": model,
-        "engine_flags": engine_flags(prom),
+        "engine_flags": engine_flags(prom, vllm_url),
         "native_settings": ({key: settings[key] for key in NATIVE_SETTINGS if key in settings} if native else
                             "not the native stack's server: see engine_flags"),
         "gpu": gpu_record(prom),

@@ -5,7 +5,9 @@ seeded synthetic corpus. The tokenizer is a Metaspace BPE over printable ASCII w
 fallback, so every id below the model's vocab size decodes to non-empty text on its own (a
 byte-level BPE would leave lone UTF-8 continuation bytes that stream out as empty deltas).
 
-Usage: python scripts/make_model.py OUT_DIR
+Usage: python scripts/make_model.py OUT_DIR              the native stack's small model
+       python scripts/make_model.py --qwen3-8b OUT_DIR   a Qwen3-8B-shaped model for a GPU (dummy bf16
+                                                         weights: 16.4 GB read per decoded token)
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ import sys
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+# Qwen3-8B's real shape (hidden 4096, 36 layers, 32 query / 8 KV heads of 128, vocab 151,936), so a GPU
+# server reads the same bytes per token and holds the same KV per token as with the real weights.
+QWEN3_8B_CONFIG: dict[str, object] = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 4096,
+    "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
+    "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 3,
+    "use_sliding_window": False,
+}
 
 VOCAB_SIZE = 4096
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
@@ -133,9 +146,32 @@ def write_model(out: Path) -> None:
     (out / "config.json").write_text(json.dumps(MODEL_CONFIG, indent=2) + "\n")
 
 
+def write_qwen3_8b(out: Path) -> None:
+    """Config and a word-level tokenizer covering every id (w4 .. w151935), no weights."""
+    out.mkdir(parents=True, exist_ok=True)
+    vocab_size = int(str(QWEN3_8B_CONFIG["vocab_size"]))
+    specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials)} | {f"w{i}": i for i in range(len(specials), vocab_size)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer.add_special_tokens(specials)
+    tokenizer.save(str(out / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<unk>", "model_max_length": 40960,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(QWEN3_8B_CONFIG, indent=2) + "\n")
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--qwen3-8b":
+        write_qwen3_8b(Path(argv[1]))
+        return 0
     if len(argv) != 1:
-        print("usage: make_model.py OUT_DIR", file=sys.stderr)
+        print("usage: make_model.py [--qwen3-8b] OUT_DIR", file=sys.stderr)
         return 2
     write_model(Path(argv[0]))
     return 0
