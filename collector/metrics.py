@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -50,6 +50,9 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_cpu_seconds_total & co.: the report's "is the proxy saturated?" evidence (one event loop,
+        # one core), read like vLLM's own API-server process figures.
+        ProcessCollector(registry=r)
         self.time_to_first_token = Histogram(
             "collector_time_to_first_token_seconds",
             "Time from the request reaching the collector to the first chunk with generated content.",

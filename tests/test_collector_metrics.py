@@ -23,6 +23,12 @@ PUBLIC_METRICS = {
     "collector_streams_in_flight": "gauge",
     "collector_upstream_up": "gauge",
 }
+# The standard process series (the report reads the collector's CPU from process_cpu_seconds_total).
+PROCESS_METRICS = {
+    "process_cpu_seconds": "counter",
+    "process_resident_memory_bytes": "gauge",
+    "process_start_time_seconds": "gauge",
+}
 
 
 def families(metrics: Metrics) -> dict[str, Metric]:
@@ -44,7 +50,9 @@ def test_public_metric_names_and_types_are_stable() -> None:
     metrics.generation_tokens.labels("m", "chat").inc()
     metrics.passthrough_requests.labels("2xx").inc()
     found = {name: family.type for name, family in families(metrics).items()}
-    assert found == PUBLIC_METRICS
+    assert {name: kind for name, kind in found.items() if name.startswith("collector_")} == PUBLIC_METRICS
+    assert {name: found.get(name) for name in PROCESS_METRICS} == PROCESS_METRICS
+    assert not set(found) - set(PUBLIC_METRICS) - {n for n in found if n.startswith("process_")}
 
 
 def test_loop_histogram_matches_prometheus_semantics() -> None:
