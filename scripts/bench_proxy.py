@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -204,6 +205,105 @@ def process_tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
+# --- a scripted upstream: vLLM's streaming chat API without a model -----------------------------
+
+SCRIPTED_MODEL = "scripted"
+TOKEN_CHOICE = b'"choices":[{"index":0,"delta":{"content":" tok"},"logprobs":null,"finish_reason":null}]}\n\n'
+USAGE_EVENT = b'"choices":[],"usage":{"prompt_tokens":12,"total_tokens":%d,"completion_tokens":%d}}\n\n'
+
+
+class ScriptedUpstream:
+    """An OpenAI-style SSE server that costs almost nothing: like vLLM's decode loop, one timer tick
+    sends the next token to every running stream (one chunk per token), so proxies are compared at
+    a token rate the upstream itself does not limit. HTTP/1.1 keep-alive, chunked responses."""
+
+    def __init__(self, tick: float, prefill: float) -> None:
+        self.tick, self.prefill = tick, prefill
+        self.streams: list[list[object]] = []  # [transport, tokens left, total, request id]
+        self.loop = asyncio.get_running_loop()
+        self.loop.call_later(tick, self._step)
+
+    def _step(self) -> None:
+        self.loop.call_later(self.tick, self._step)
+        running = []
+        for stream in self.streams:
+            transport, left, total, rid = stream
+            assert isinstance(transport, asyncio.Transport) and isinstance(left, int) and isinstance(total, int)
+            if transport.is_closing():
+                continue
+            head = b'data: {"id":"chatcmpl-%s","object":"chat.completion.chunk","created":1,"model":"scripted",' % rid
+            if left > 1:
+                event = head + TOKEN_CHOICE
+                transport.write(b"%x\r\n%s\r\n" % (len(event), event))
+                stream[1] = left - 1
+                running.append(stream)
+                continue
+            events = (head + b'"choices":[{"index":0,"delta":{"content":" end"},"logprobs":null,'
+                      b'"finish_reason":"length","stop_reason":null}]}\n\n'
+                      + head + USAGE_EVENT % (12 + total, total) + b"data: [DONE]\n\n")
+            transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(events), events))
+        self.streams = running
+
+    def start(self, transport: asyncio.Transport, body: bytes) -> None:
+        request = json.loads(body)
+        total = int(request.get("max_tokens") or 16)
+        rid = b"%d" % id(transport)
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                        b"transfer-encoding: chunked\r\n\r\n")
+        role = (b'data: {"id":"chatcmpl-%s","object":"chat.completion.chunk","created":1,"model":"scripted",'
+                b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,'
+                b'"finish_reason":null}]}\n\n' % rid)
+        transport.write(b"%x\r\n%s\r\n" % (len(role), role))
+        self.loop.call_later(self.prefill, self._admit, [transport, total, total, rid])
+
+    def _admit(self, stream: list[object]) -> None:
+        self.streams.append(stream)  # self.streams, not the list it was when the request came
+
+
+class ScriptedConnection(asyncio.Protocol):
+    def __init__(self, upstream: ScriptedUpstream) -> None:
+        self.upstream, self.buffer = upstream, b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self.transport is not None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].decode("latin-1").split("\r\n")
+            length = 0
+            for line in head[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body, self.buffer = self.buffer[end + 4:end + 4 + length], self.buffer[end + 4 + length:]
+            method, path = head[0].split(" ")[:2]
+            if method == "POST" and path.rstrip("/") == "/v1/chat/completions":
+                self.upstream.start(self.transport, body)
+                continue
+            if path.startswith("/v1/models"):
+                answer = b'{"object":"list","data":[{"id":"scripted","object":"model"}]}'
+            else:
+                answer = b"{}"
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                                 % (len(answer), answer))
+
+
+async def serve_scripted(port: int, tick: float, prefill: float) -> None:
+    upstream = ScriptedUpstream(tick, prefill)
+    server = await asyncio.get_running_loop().create_server(
+        lambda: ScriptedConnection(upstream), "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
 # --- the benchmark --------------------------------------------------------------------------------
 
 @dataclass
@@ -222,67 +322,90 @@ class Bench:
         result = Round(target, concurrency, wall, results, cpu_seconds(processes) - cpu_before)
         self.rounds.append(result)
         failures = result.failures
+        cpu = f"  CPU {result.proxy_cpu / max(result.tokens, 1) * 1000:.4f} s/1k tok" if processes else ""
         print(f"  {target:<9} c={concurrency:<4} {result.tokens / wall:8.0f} tok/s  "
-              f"TTFT p50 {result.ttft_quantile(0.5) * 1000:7.1f} ms  failures {len(failures)}"
-              + (f" ({failures[0]})" if failures else ""), flush=True)
+              f"TTFT p50 {result.ttft_quantile(0.5) * 1000:7.1f} ms  p99 {result.ttft_quantile(0.99) * 1000:7.1f} ms"
+              f"{cpu}  failures {len(failures)}" + (f" ({failures[0]})" if failures else ""), flush=True)
         return result
 
 
-def median_of(rounds: list[Round], value: str) -> float:
-    """The median over rounds of tok/s or a TTFT quantile (ms); CPU per 1,000 tokens is pooled over
-    the rounds instead, as one round's CPU time is near the clock-tick resolution at low concurrency."""
+def figure(r: Round, value: str) -> float:
+    """One round's tok/s, TTFT quantile (ms) or proxy CPU seconds per 1,000 output tokens."""
+    if value == "tok/s":
+        return r.tokens / r.wall
     if value == "cpu":
-        tokens = sum(r.tokens for r in rounds)
-        return sum(r.proxy_cpu for r in rounds) / tokens * 1000 if tokens else float("nan")
+        return r.proxy_cpu / r.tokens * 1000 if r.tokens else float("nan")
+    return r.ttft_quantile(0.5 if value == "ttft p50" else 0.99) * 1000
 
-    def pick(r: Round) -> float:
-        if value == "tok/s":
-            return r.tokens / r.wall
-        return r.ttft_quantile(0.5 if value == "ttft p50" else 0.99) * 1000
-    return statistics.median(pick(r) for r in rounds)
+
+def spread(values: list[float], fmt: str) -> str:
+    """median [min-max] over rounds"""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
+
+
+def paired(bench: Bench, concurrency: int, target: str, value: str) -> list[tuple[float, float]]:
+    """(target, nginx) figures of the rounds run back to back (the i-th round of each)."""
+    mine = [r for r in bench.rounds if r.target == target and r.concurrency == concurrency]
+    theirs = [r for r in bench.rounds if r.target == "nginx" and r.concurrency == concurrency]
+    return [(figure(a, value), figure(b, value)) for a, b in zip(mine, theirs, strict=False)]
 
 
 def table(bench: Bench, concurrencies: list[int]) -> str:
+    """Medians over rounds with their [min-max]; each comparison with nginx is taken per pair of
+    interleaved rounds first (ratio or difference), then its median and range are shown."""
     header = ("| streams | target | output tok/s | TTFT p50 ms | TTFT p99 ms | proxy CPU s / 1k tok "
-              "| tok/s vs direct | tok/s vs nginx | p50 vs nginx (ms) | p99 vs nginx (ms) | CPU vs nginx |")
+              "| tok/s vs nginx | p50 vs nginx (ms) | p99 vs nginx (ms) | CPU vs nginx |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for concurrency in concurrencies:
-        stats = {}
         for target in TARGETS:
             rounds = [r for r in bench.rounds if r.target == target and r.concurrency == concurrency]
-            stats[target] = {key: median_of(rounds, key) for key in ("tok/s", "ttft p50", "ttft p99", "cpu")}
-        for target in TARGETS:
-            s, d, n = stats[target], stats["direct"], stats["nginx"]
-            cpu = "-" if target == "direct" else f"{s['cpu']:.4f}"
-            cpu_ratio = "-" if target == "direct" else f"{s['cpu'] / n['cpu']:.2f}x"
-            lines.append(
-                f"| {concurrency} | {target} | {s['tok/s']:.0f} | {s['ttft p50']:.1f} | {s['ttft p99']:.1f} | {cpu} "
-                f"| {s['tok/s'] / d['tok/s']:.3f} | {s['tok/s'] / n['tok/s']:.3f} "
-                f"| {s['ttft p50'] - n['ttft p50']:+.1f} | {s['ttft p99'] - n['ttft p99']:+.1f} | {cpu_ratio} |")
+            if not rounds:
+                continue
+            cells = [spread([figure(r, key) for r in rounds], ".0f" if key == "tok/s" else ".1f")
+                     for key in ("tok/s", "ttft p50", "ttft p99")]
+            cells.append("-" if target == "direct" else spread([figure(r, "cpu") for r in rounds], ".4f"))
+            if target == "nginx":
+                cells += ["1.000", "+0.0", "+0.0", "1.00x"]
+            else:
+                cells.append(spread([a / b for a, b in paired(bench, concurrency, target, "tok/s")], ".3f"))
+                cells += [spread([a - b for a, b in paired(bench, concurrency, target, key)], "+.1f")
+                          for key in ("ttft p50", "ttft p99")]
+                cells.append("-" if target == "direct" else
+                             spread([a / b for a, b in paired(bench, concurrency, target, "cpu")], ".2f") + "x")
+            lines.append(f"| {concurrency} | {target} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def soak(bench: Bench, seconds: float, concurrency: int) -> str:
     """Streams through the collector for `seconds`; RSS sampled between rounds."""
     collector = psutil.Process(bench.pids["collector"])
-    samples: list[tuple[float, int]] = [(0.0, collector.memory_info().rss)]
+
+    def rss() -> int:
+        return sum(p.memory_info().rss for p in process_tree(collector.pid))
+    samples: list[tuple[float, int]] = [(0.0, rss())]
     started = time.monotonic()
     streams = failures = 0
     while time.monotonic() - started < seconds:
         result = bench.round("collector", concurrency, 1)
         streams += len(result.results)
         failures += len(result.failures)
-        samples.append((time.monotonic() - started, collector.memory_info().rss))
-    rss = [mib for _, mib in samples]
+        samples.append((time.monotonic() - started, rss()))
+    sizes = [mib for _, mib in samples]
     first_half = [r for t, r in samples if t <= seconds / 2]
     return (f"soak: {seconds:.0f} s at {concurrency} streams through the collector, {streams} streams, "
-            f"{failures} failed or corrupted; collector RSS start {rss[0] / 2**20:.1f} MiB, "
-            f"max over the first half {max(first_half) / 2**20:.1f} MiB, max overall {max(rss) / 2**20:.1f} MiB, "
-            f"end {rss[-1] / 2**20:.1f} MiB")
+            f"{failures} failed or corrupted; collector RSS start {sizes[0] / 2**20:.1f} MiB, "
+            f"max over the first half {max(first_half) / 2**20:.1f} MiB, max overall {max(sizes) / 2**20:.1f} MiB, "
+            f"end {sizes[-1] / 2**20:.1f} MiB")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upstream", choices=("vllm", "scripted"), default="vllm",
+                        help="vllm: a CPU vLLM server started here; scripted: a model-free SSE server "
+                             "(one token per stream per --tick-ms), which isolates the proxies' own cost")
+    parser.add_argument("--tick-ms", type=float, default=20.0, help="scripted upstream: ms between tokens")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved rounds per target and concurrency (0: no table, e.g. soak only)")
@@ -290,7 +413,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of a 256-stream RSS soak afterwards")
     parser.add_argument("--soak-concurrency", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=1, help="the collector's COLLECTOR_WORKERS")
+    parser.add_argument("--collector-profile", type=Path,
+                        help="run the collector under cProfile and write its profile here (slows it)")
+    parser.add_argument("--serve-scripted", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_scripted:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve_scripted(args.serve_scripted, args.tick_ms / 1000, 0.002))
+        return 0
     # Debian installs nginx in /usr/sbin, which is not on every user's PATH.
     nginx_binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if nginx_binary is None:
@@ -302,7 +433,6 @@ def main(argv: list[str] | None = None) -> int:
     # Enough sequences and KV blocks (128 tokens each) that every stream is served at once.
     settings.update({"VLLM_PORT": str(ports["direct"]), "NATIVE_MAX_NUM_SEQS": str(widest),
                      "NATIVE_KV_BLOCKS": str(2 * widest + 64)})
-    vllm = next(s for s in native_stack.services(settings) if s.name == "vllm")
     work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (work / sub).mkdir()
@@ -311,11 +441,22 @@ def main(argv: list[str] | None = None) -> int:
     conf = conf.replace("@UPSTREAM@", f"127.0.0.1:{ports['direct']}")
     (work / "nginx.conf").write_text(conf)
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    print(f"vLLM (max-num-seqs {widest}, {settings['NATIVE_KV_BLOCKS']} KV blocks), nginx, collector; "
-          f"logs in {work}", flush=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COLLECTOR_"))}
+    env["COLLECTOR_WORKERS"] = str(args.workers)
+    if args.upstream == "scripted":
+        upstream_command = [sys.executable, str(Path(__file__).resolve()), "--serve-scripted", str(ports["direct"]),
+                            "--tick-ms", str(args.tick_ms)]
+        print(f"scripted upstream (a token every {args.tick_ms:g} ms per stream), nginx, collector "
+              f"({args.workers} worker(s)); logs in {work}", flush=True)
+    else:
+        vllm = next(s for s in native_stack.services(settings) if s.name == "vllm")
+        upstream_command = vllm.command(settings)
+        env.update(vllm.env)
+        print(f"vLLM (max-num-seqs {widest}, {settings['NATIVE_KV_BLOCKS']} KV blocks), nginx, collector "
+              f"({args.workers} worker(s)); logs in {work}", flush=True)
+    model = SCRIPTED_MODEL if args.upstream == "scripted" else settings["NATIVE_SERVED_MODEL_NAME"]
     try:
-        run(args, settings, vllm, nginx_binary, urls, ports, env, work)
+        run(args, upstream_command, model, nginx_binary, urls, ports, env, work)
     except StartError as error:
         print(f"error: {error} (logs in {work})", file=sys.stderr)
         return 1
@@ -323,21 +464,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, settings: dict[str, str], vllm: native_stack.Service, nginx_binary: str,
+def run(args: argparse.Namespace, upstream_command: list[str], model: str, nginx_binary: str,
         urls: dict[str, str], ports: dict[str, int], env: dict[str, str], work: Path) -> None:
-    widest = int(settings["NATIVE_MAX_NUM_SEQS"])
+    widest = max(args.concurrency)
     with ExitStack() as stack:
-        stack.enter_context(running(vllm.command(settings), {**env, **vllm.env}, work / "vllm.log",
-                                    urls["direct"] + "/health", 600, "vLLM"))
+        stack.enter_context(running(upstream_command, env, work / "upstream.log", urls["direct"] + "/health", 600,
+                                    "upstream"))
         nginx_process = stack.enter_context(running(
             [nginx_binary, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", "stderr", "-g", "daemon off;"],
             env, work / "nginx.log", urls["nginx"] + "/health", 30, "nginx"))
+        profile = ["-m", "cProfile", "-o", str(args.collector_profile)] if args.collector_profile else []
         collector_process = stack.enter_context(running(
-            [str(native_stack.APP_PYTHON), "-m", "collector", "--upstream", urls["direct"], "--host", "127.0.0.1",
-             "--port", str(ports["collector"])], env, work / "collector.log", urls["collector"] + "/metrics",
-            30, "collector"))
-        bench = Bench(urls, {"nginx": nginx_process.pid, "collector": collector_process.pid},
-                      settings["NATIVE_SERVED_MODEL_NAME"], args.max_tokens)
+            [str(native_stack.APP_PYTHON), *profile, "-m", "collector", "--upstream", urls["direct"],
+             "--host", "127.0.0.1", "--port", str(ports["collector"])], env, work / "collector.log",
+            urls["collector"] + "/metrics", 30, "collector"))
+        bench = Bench(urls, {"nginx": nginx_process.pid, "collector": collector_process.pid}, model, args.max_tokens)
         print("warm-up", flush=True)
         for target in TARGETS:
             bench.round(target, min(8, widest), 1)
@@ -346,8 +487,10 @@ def run(args: argparse.Namespace, settings: dict[str, str], vllm: native_stack.S
             for concurrency in args.concurrency:
                 per_stream = max(args.requests_per_stream, 8 // concurrency)
                 for repeat in range(args.repeats):
+                    # Interleaved, and the order rotates so no target always follows the same one.
+                    order = TARGETS[repeat % len(TARGETS):] + TARGETS[:repeat % len(TARGETS)]
                     print(f"round {repeat + 1}/{args.repeats} at {concurrency} streams", flush=True)
-                    for target in TARGETS:
+                    for target in order:
                         bench.round(target, concurrency, per_stream)
             print()
             print(table(bench, args.concurrency))
