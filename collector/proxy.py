@@ -7,6 +7,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -124,6 +125,35 @@ class Exchange:
         self.status, self.error_type = status, error_type
 
 
+class IdleWatchdog:
+    """The idle timeout of a flowing stream at no cost per chunk: the reader stores the time of each
+    read in `last_read`; one timer, set once, fires after `seconds` and re-arms itself for the rest
+    of the window when reads came meanwhile (at most one timer callback per `seconds` of a busy
+    stream, instead of a timer cancelled and created on every chunk). When the window passes
+    without a read, the upstream reader gets ServerTimeoutError."""
+
+    __slots__ = ("_clock", "_content", "_handle", "_loop", "_seconds", "last_read")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float, content: aiohttp.StreamReader,
+                 clock: Callable[[], float]) -> None:
+        self._loop, self._seconds, self._content, self._clock = loop, seconds, content, clock
+        self.last_read = clock()
+        self._handle: asyncio.TimerHandle | None = loop.call_later(seconds, self._check)
+
+    def _check(self) -> None:
+        silent = self._clock() - self.last_read
+        if silent < self._seconds:
+            self._handle = self._loop.call_later(self._seconds - silent, self._check)
+            return
+        self._handle = None
+        self._content.set_exception(aiohttp.ServerTimeoutError(f"no data for {self._seconds:g} s"))
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class Proxy:
     def __init__(self, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics,
                  models: ModelNames, tracer: trace.Tracer) -> None:
@@ -215,8 +245,8 @@ class Proxy:
         return Failure(502, errors.UPSTREAM_UNAVAILABLE, f"upstream unavailable: {type(error).__name__}")
 
     @staticmethod
-    def _read_timeout(upstream: aiohttp.ClientResponse, seconds: float) -> None:
-        """Bound each further read of this response by `seconds` (counted from now)."""
+    def _read_timeout(upstream: aiohttp.ClientResponse, seconds: float | None) -> None:
+        """Bound each further read of this response by `seconds` (counted from now; None: unbounded)."""
         connection = upstream.connection
         if connection is not None and connection.protocol is not None:
             connection.protocol.read_timeout = seconds
@@ -489,7 +519,7 @@ class Proxy:
                     response = await self._open_stream(request, upstream, held)
                     held = []
             if response is not None and failure is None:
-                failure = await self._relay_tokens(content, scanner, response)
+                failure = await self._relay_tokens(upstream, scanner, request)
             if failure is not None:
                 # A stalled upstream is dropped: vLLM aborts the request when its client goes away.
                 upstream.close()
@@ -529,25 +559,43 @@ class Proxy:
             upstream.close()
             raise
 
-    @staticmethod
-    async def _relay_tokens(content: aiohttp.StreamReader, scanner: StreamScanner,
-                            response: web.StreamResponse) -> str | None:
-        """The hot loop after the first token: one read, one scan, one write per upstream chunk.
-        Returns the error type when the upstream failed (None: it ended the stream). A client write
-        failure propagates (ConnectionError)."""
-        feed, write, clock = scanner.feed, response.write, time.perf_counter
-        while True:
-            try:
-                data = await content.readany()
-            except aiohttp.ServerTimeoutError:
-                return errors.UPSTREAM_IDLE_TIMEOUT
-            except (aiohttp.ClientError, TimeoutError):
-                return errors.UPSTREAM_DISCONNECTED
-            if not data:
-                return None
-            out = feed(data, clock())
-            if out:
-                await write(out)
+    async def _relay_tokens(self, upstream: aiohttp.ClientResponse, scanner: StreamScanner,
+                            request: web.Request) -> str | None:
+        """The hot loop after the first token: one read, one scan, one write per upstream read, and
+        nothing else per chunk: no timer (the idle timeout is a watchdog that re-arms itself only
+        when it fires, see IdleWatchdog), no aiohttp writer bookkeeping (the chunk is framed and
+        written to the client's transport in one call; the head and the first token went out
+        through aiohttp in _open_stream, and write_eof ends the chunked body), a drain only when the
+        client's socket buffer is full (back-pressure: the upstream is read no faster than the client
+        takes it). Returns the error type when the upstream failed (None: it ended the stream). A
+        client that went away raises ConnectionError."""
+        content, feed, clock = upstream.content, scanner.feed, time.perf_counter
+        transport, protocol, writer = request.transport, request.protocol, request.writer
+        # aiohttp's own read timer is re-armed on every chunk: replaced by the watchdog.
+        self._read_timeout(upstream, None)
+        # (A head sent for held bytes past MAX_HELD_BYTES, before any token: still the first-byte bound.)
+        seconds = self.settings.idle_timeout if scanner.first_token_at is not None else self.settings.first_byte_timeout
+        watchdog = IdleWatchdog(asyncio.get_running_loop(), seconds, content, clock)
+        try:
+            while True:
+                try:
+                    data = await content.readany()
+                except aiohttp.ServerTimeoutError:
+                    return errors.UPSTREAM_IDLE_TIMEOUT
+                except (aiohttp.ClientError, TimeoutError):
+                    return errors.UPSTREAM_DISCONNECTED
+                if not data:
+                    return None
+                now = watchdog.last_read = clock()
+                out = feed(data, now)
+                if out:
+                    if transport is None or transport.is_closing():
+                        raise ConnectionResetError("client connection closed")
+                    transport.write(b"%x\r\n%b\r\n" % (len(out), out))
+                    if protocol.writing_paused:
+                        await writer.drain()
+        finally:
+            watchdog.cancel()
 
     async def _open_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
                            held: list[bytes]) -> web.StreamResponse:
