@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 from collector.app import build_app
 from collector.server import serve
 from collector.settings import parse_args
+from collector.workers import PEERS_ENV, run_workers
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
+    if settings.workers > 1 and PEERS_ENV not in os.environ:
+        return run_workers(settings.workers, sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Quiet per-request access logs: they would cost more CPU than the proxying itself.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

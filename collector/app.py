@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from collector.proxy import OPERATIONS, Proxy, canonical_path
 from collector.settings import Settings
 from collector.tracing import setup_tracing, tracer
 from collector.upstream import make_session
+from collector.workers import PEERS_ENV, PeerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ def build_app(settings: Settings, metrics: Metrics | None = None,
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
     metrics = metrics if metrics is not None else Metrics()
     provider = provider if provider is not None else setup_tracing()
+    # One of several workers (collector/workers.py): /metrics is the sum over all of them.
+    peers_dir = os.environ.get(PEERS_ENV)
+    peers = PeerMetrics(metrics, peers_dir) if peers_dir else None
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = make_session(settings.connect_timeout)
@@ -52,7 +57,11 @@ def build_app(settings: Settings, metrics: Metrics | None = None,
         proxy = Proxy(settings, session, metrics, models, tracer(provider))
         app[PROXY_KEY] = proxy
         refresher = asyncio.get_running_loop().create_task(models.run())
+        if peers is not None:
+            await peers.start()
         yield
+        if peers is not None:
+            await peers.stop()
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
@@ -60,7 +69,11 @@ def build_app(settings: Settings, metrics: Metrics | None = None,
         provider.shutdown()
 
     async def serve_metrics(request: web.Request) -> web.Response:
-        body, content_type = metrics.exposition(request.headers.get("Accept"))
+        accept = request.headers.get("Accept")
+        if peers is not None:
+            body, content_type = await peers.exposition(accept)
+        else:
+            body, content_type = metrics.exposition(accept)
         response = web.Response(body=body)
         response.headers["Content-Type"] = content_type
         return response

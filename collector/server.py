@@ -114,8 +114,9 @@ async def serve(app: web.Application, settings: Settings) -> None:
         return GatewayProtocol(server, loop=loop, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS,
                                head_timeout=settings.client_header_timeout)
 
+    # Several workers (settings.workers) share the port: the kernel spreads new connections over them.
     listener = await loop.create_server(connection, settings.host, settings.port, reuse_address=True,
-                                        backlog=1024)
+                                        reuse_port=settings.workers > 1, backlog=1024)
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)

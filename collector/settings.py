@@ -54,6 +54,8 @@ class Settings:
     capture_content: bool = False
     # How often the label set of model names is refreshed from the upstream's /v1/models.
     models_refresh_seconds: float = 30.0
+    # Processes serving the port (SO_REUSEPORT); /metrics sums them all. See collector/workers.py.
+    workers: int = 1
     log_level: str = "INFO"
 
     @property
@@ -115,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                         default=float(os.environ.get("COLLECTOR_MODELS_REFRESH_SECONDS",
                                                      defaults.models_refresh_seconds)),
                         help="refresh period of the model-name label set (env COLLECTOR_MODELS_REFRESH_SECONDS)")
+    parser.add_argument("--workers", type=int, default=int(env("COLLECTOR_WORKERS", defaults.workers)),
+                        help="processes sharing the port, for bursts of requests on several cores; /metrics "
+                             "sums them (env COLLECTOR_WORKERS)")
     parser.add_argument("--log-level", default=os.environ.get("COLLECTOR_LOG_LEVEL", defaults.log_level))
     args = parser.parse_args(argv)
     if not args.upstream.startswith(("http://", "https://")):
@@ -123,8 +128,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parser.error(f"--port must be 1..65535, got {args.port}")
     timeouts = (args.connect_timeout, args.first_byte_timeout, args.response_timeout, args.idle_timeout,
                 args.client_header_timeout, args.client_body_timeout)
-    if min(timeouts) <= 0 or args.max_body_bytes <= 0 or args.max_n <= 0:
-        parser.error("every timeout, --max-body-bytes and --max-n must be positive")
+    if min(timeouts) <= 0 or args.max_body_bytes <= 0 or args.max_n <= 0 or args.workers <= 0:
+        parser.error("every timeout, --max-body-bytes, --max-n and --workers must be positive")
     try:
         relay_paths = _paths(args.relay_paths)
     except ValueError as error:
@@ -135,5 +140,5 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         idle_timeout=args.idle_timeout, client_header_timeout=args.client_header_timeout,
         client_body_timeout=args.client_body_timeout, max_body_bytes=args.max_body_bytes, max_n=args.max_n,
         relay_paths=relay_paths, api_key=args.api_key, capture_content=args.capture_content,
-        models_refresh_seconds=args.models_refresh_seconds, log_level=args.log_level.upper(),
+        models_refresh_seconds=args.models_refresh_seconds, workers=args.workers, log_level=args.log_level.upper(),
     )
