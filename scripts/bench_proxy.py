@@ -1,16 +1,23 @@
-"""Side-by-side proxy benchmark: direct to vLLM, through nginx (the reference), through the collector.
+"""Side-by-side proxy benchmark: direct to the upstream, through nginx (the reference), through the collector.
 
-    .venv/bin/python scripts/bench_proxy.py                       # 1, 64 and 256 streams, ~5 minutes
+    .venv/bin/python scripts/bench_proxy.py --upstream scripted   # 1, 64, 256 streams, no model, ~3 minutes
+    .venv/bin/python scripts/bench_proxy.py                       # the same against a CPU vLLM server
     .venv/bin/python scripts/bench_proxy.py --soak 600            # then 10 minutes at 256 streams (RSS)
     .venv/bin/python scripts/bench_proxy.py --repeats 0 --soak 600  # the soak alone
+    .venv/bin/python scripts/bench_proxy.py --workers 2           # the collector with COLLECTOR_WORKERS=2
 
-It starts its own vLLM CPU server (free ports, max-num-seqs and KV blocks raised so every stream is
-served at once), nginx with scripts/bench-nginx.conf and the collector, then runs rounds interleaved
-(direct, nginx, collector, direct, ...) and prints one table of medians over rounds: aggregate output
-tok/s, p50/p99 TTFT (first chunk with generated text, as the client sees it), the proxy process's
-CPU seconds per 1,000 output tokens, and each figure's ratio to direct and to nginx. Every stream is
-checked: status 200, the requested number of tokens (vLLM's usage), no error event, [DONE] last.
-The load client is asyncio + aiohttp in this process; it costs the same CPU for every target.
+The upstream is either a vLLM CPU server started here (free ports, max-num-seqs and KV blocks raised
+so every stream is served at once) or a scripted one (`--upstream scripted`: vLLM's SSE chat format
+without a model, one token per stream every --tick-ms, all streams on one timer like a decode step),
+which costs little CPU and makes the proxies' own cost the thing measured. nginx runs with
+scripts/bench-nginx.conf. Rounds are interleaved (direct, nginx, collector; the order rotates each
+round) and the table gives, per target, the median over rounds with its [min-max]: aggregate output
+tok/s, p50/p99 TTFT (first chunk with generated text, as the client sees it), the proxy process's CPU
+seconds per 1,000 output tokens (scheduler nanoseconds from /proc/PID/schedstat); comparisons with
+nginx are taken per pair of back-to-back rounds (ratio or difference), then their median and range.
+Every stream is checked: status 200, the requested number of tokens (the usage event), no error
+event, [DONE] last. The load client is asyncio + aiohttp in this process; it costs the same CPU for
+every target. `--collector-profile FILE` runs the collector under cProfile.
 """
 
 from __future__ import annotations
@@ -190,8 +197,16 @@ async def run_round(url: str, concurrency: int, requests_per_stream: int, model:
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """CPU time of `processes`: the scheduler's nanosecond count (/proc/PID/schedstat) where Linux has
+    it, as a 64-token request costs the proxy a few milliseconds, under psutil's 10 ms tick."""
     total = 0.0
     for process in processes:
+        try:
+            with open(f"/proc/{process.pid}/schedstat") as stat:
+                total += int(stat.read().split()[0]) / 1e9
+            continue
+        except (OSError, ValueError, IndexError):
+            pass
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
@@ -485,7 +500,7 @@ def run(args: argparse.Namespace, upstream_command: list[str], model: str, nginx
         bench.rounds.clear()
         if args.repeats > 0:
             for concurrency in args.concurrency:
-                per_stream = max(args.requests_per_stream, 8 // concurrency)
+                per_stream = max(args.requests_per_stream, 16 // concurrency)
                 for repeat in range(args.repeats):
                     # Interleaved, and the order rotates so no target always follows the same one.
                     order = TARGETS[repeat % len(TARGETS):] + TARGETS[:repeat % len(TARGETS)]
