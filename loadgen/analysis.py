@@ -180,12 +180,19 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
         evidence += wait.evidence
         evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
         return "front-end: " + diagnosis.wait_sentence(wait), evidence
-    itl_rise = _rise(itl_good, itl_bad)
-    if itl_rise is not None and itl_rise > 1.3 and (ttft_rise is None or ttft_rise < itl_rise):
+    # The mean inter-token latency is exact (_sum/_count); a p95 read off coarse buckets can hide the rise.
+    itl_mean_good, itl_mean_bad = vg.get("itl_mean_s"), vb.get("itl_mean_s")
+    itl_rise = _rise(itl_mean_good, itl_mean_bad) or _rise(itl_good, itl_bad)
+    if itl_rise is not None and itl_rise > 1.3:
+        if itl_mean_bad is not None:
+            evidence.append(line("mean inter-token latency (vLLM)", itl_mean_good, itl_mean_bad, ".4f"))
         evidence.append(line("p95 inter-token latency (vLLM)", itl_good, itl_bad, ".4f"))
+        evidence.append(line("requests running (peak)", running_peak(vg), running_max, ".0f"))
         evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
-        return ("decode-bound: time between tokens grew with the batch while TTFT held, so long answers "
-                "took too long"), evidence
+        held = "while TTFT held" if ttft_rise is None or ttft_rise < itl_rise else (
+            "and prefill, which rides on the same engine steps, slowed with it (TTFT rose too)")
+        return (f"decode-bound: every engine step carried more sequences, so the time between tokens grew "
+                f"{itl_rise:.1f}x {held}; no queue formed"), evidence
     evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
     evidence.append(line("p95 total latency (client)", _get(good, "client", "e2e_p95_s") if good else None,
                          client.get("e2e_p95_s"), ".2f"))

@@ -27,6 +27,9 @@ THROUGHPUT_DROP = 0.05
 BUNCHED_FACTOR = 1.5
 # Client TTFT may undercut the collector's or vLLM's by this much (histogram buckets, clocks).
 TTFT_ORDER_SLACK_S = 0.005
+# loadgen's prompts carry a per-request nonce: a prefix-cache hit ratio above this means the server saw
+# them as one repeated prompt (e.g. a tokenizer that maps the nonce to an unknown token).
+PREFIX_HIT_DOUBT = 0.5
 
 # Memory bandwidth (GB/s) by GPU name as nvidia-smi / DCGM report it; the longest matching key wins.
 # Vendor datasheet figures; a plan's hardware.memory_bandwidth_gb_s overrides.
@@ -187,7 +190,7 @@ def where_waited(step: dict[str, Any], host_cpu_counts: bool = True) -> Wait | N
 
 
 REMEDY = {
-    "vLLM's API server": "start more API-server processes (vLLM `--api-server-count N`)",
+    "vLLM's API server": "start more API-server processes (vLLM --api-server-count N)",
     "the collector": "run more collector workers, or point heavy clients at vLLM directly",
     "the host's CPUs": "free CPU for the front-ends (fewer co-located processes, a bigger host)",
 }
@@ -330,6 +333,12 @@ def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], t
                       if va < vb - max(TTFT_ORDER_SLACK_S, 0.2 * vb)]
             checks.append(Check("TTFT p50: client ≥ collector ≥ vLLM", c, not broken,
                                 "; ".join(broken) or ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in order)))
+        hit = _get(step, "server", "vllm", "prefix_cache_hit_ratio")
+        if hit is not None:
+            checks.append(Check("prompts distinct (prefix-cache hit ratio under 50%)", c, hit < PREFIX_HIT_DOUBT,
+                                f"{hit:.0%} of prompt tokens came from vLLM's prefix cache"
+                                + (": prefill and KV use were cheaper than distinct prompts would make them"
+                                   if hit >= PREFIX_HIT_DOUBT else "")))
     limit, single = bandwidth.get("limit_tok_s"), bandwidth.get("single_stream_tok_s")
     if limit and single:
         checks.append(Check("single-stream decode ≤ the memory-bandwidth limit", 1, single <= limit * 1.05,

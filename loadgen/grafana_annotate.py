@@ -22,9 +22,10 @@ class Annotator:
             return cls(None, "Grafana annotations: no Grafana URL configured; steps not annotated")
         try:
             from loadgen.grafana_snapshot import grafana_api, grafana_reachable
+
+            api = grafana_api(url)  # imports grafana-client, which a bare GPU box may lack
         except ImportError as error:
             return cls(url, f"Grafana annotations: the Grafana helper is not available ({error}); steps not annotated")
-        api = grafana_api(url)
         why = grafana_reachable(api)
         if why is not None:
             return cls(url, f"Grafana annotations: Grafana at {url} not reachable ({why}); steps not annotated")

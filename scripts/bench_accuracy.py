@@ -119,8 +119,12 @@ def vllm_bench_records(result: dict[str, Any]) -> list[dict[str, Any]]:
     time.perf_counter(), the system-wide monotonic clock, so this process maps them to epoch time."""
     offset = time.time() - time.perf_counter()
     records = []
-    for start, ttft, latency, tokens, error in zip(result["start_times"], result["ttfts"], result["latencies"],
-                                                   result["output_lens"], result["errors"], strict=True):
+    # vLLM 0.26's detailed result has no "latencies": a stream's latency is its TTFT plus its inter-token gaps.
+    latencies = result.get("latencies") or [(ttft or 0) + sum(itl or []) for ttft, itl in
+                                            zip(result["ttfts"], result["itls"], strict=True)]
+    errors = result.get("errors") or [""] * len(result["ttfts"])
+    for start, ttft, latency, tokens, error in zip(result["start_times"], result["ttfts"], latencies,
+                                                   result["output_lens"], errors, strict=True):
         records.append({"start_ms": (start + offset) * 1000, "ttft_ms": (ttft or 0) * 1000,
                         "total_ms": (latency or 0) * 1000, "output_tokens": tokens or 0,
                         "prompt_tokens": 0, "error": "error" if error else ""})

@@ -151,9 +151,15 @@ def write_qwen3_8b(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     vocab_size = int(str(QWEN3_8B_CONFIG["vocab_size"]))
     specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab = {token: i for i, token in enumerate(specials)} | {f"w{i}": i for i in range(len(specials), vocab_size)}
+    # Digits and brackets are tokens of their own, so loadgen's per-request nonce ("[12345] ...") makes each
+    # prompt a distinct token sequence; with words only, every prompt was the same run of <unk> tokens and
+    # vLLM's prefix cache served 90% of the prompt tokens of the first H200 run.
+    symbols = [*"0123456789", "[", "]"]
+    vocab = ({token: i for i, token in enumerate(specials + symbols)}
+             | {f"w{i}": i for i in range(len(specials) + len(symbols), vocab_size)})
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(), pre_tokenizers.Digits(individual_digits=True)])
     tokenizer.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tokenizer.add_special_tokens(specials)
     tokenizer.save(str(out / "tokenizer.json"))

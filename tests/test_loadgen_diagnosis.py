@@ -122,3 +122,38 @@ def test_gpu_bandwidth_by_name() -> None:
     assert diagnosis.gpu_bandwidth("NVIDIA H100 80GB HBM3") == 3350.0
     assert diagnosis.gpu_bandwidth("NVIDIA GB10") == 273.0
     assert diagnosis.gpu_bandwidth(None) is None and diagnosis.gpu_bandwidth("Some Other GPU") is None
+
+
+def test_a_missing_grafana_client_only_skips_annotations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare GPU box without grafana-client: the sweep goes on, the note says why nothing was annotated."""
+    from loadgen.grafana_annotate import Annotator
+
+    monkeypatch.setitem(sys.modules, "grafana_client", None)
+    monkeypatch.setitem(sys.modules, "grafana_client.api", None)
+    annotator = Annotator.connect("http://127.0.0.1:3000")
+    assert annotator.api is None and "not available" in annotator.note
+    annotator.step("run", 1, 0.0, 1.0, "text")  # a no-op, no exception
+
+
+EXAMPLE = ROOT / "loadgen" / "examples" / "h200-qwen3-8b"
+
+
+def test_the_h200_worked_example_names_vllms_api_server_and_the_decode_bound_kv_run(tmp_path: Path) -> None:
+    """The project's own run on an H200 (scripts/gpu-run), re-analysed from its results.json."""
+    default = json.loads(next(EXAMPLE.glob("*-default/results.json")).read_text())
+    analysis = analyse(default)
+    assert analysis.what_broke_first.startswith("front-end: requests waited in front of the engine, in vLLM's API")
+    assert "vLLM's API-server process used 1.01 of a core" in analysis.evidence
+    peak = analysis.throughput_knee
+    assert peak is not None and (peak.peak_concurrency, round(peak.peak_tok_s)) == (160, 13857)
+    assert analysis.usl is not None and analysis.usl.fits and analysis.usl.peak_n is not None
+    assert 120 < analysis.usl.peak_n < 200  # the fitted peak agrees with the measured one
+    kv = analyse(json.loads(next(EXAMPLE.glob("*-gpu-kv-fill/results.json")).read_text()))
+    assert kv.what_broke_first.startswith("decode-bound"), kv.what_broke_first
+    # every example run re-renders from its folder alone
+    run = tmp_path / "run"
+    shutil.copytree(next(EXAMPLE.glob("*-capstone")), run)
+    result = subprocess.run([sys.executable, "-m", "loadgen", "report", str(run)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "NVIDIA H200" in (run / "report.md").read_text()
