@@ -225,6 +225,8 @@ class Sweep:
                 bar.update(1)
                 self._annotate(step)
                 verdict = "ok" if step.get("slo", {}).get("ok") else "SLO broken"
+                if step["status"] != "done":  # the console must not call a step ok that the report drops
+                    verdict = f"{step['status']}, not kept: " + "; ".join(step["missing"])[:160]
                 bar.write(_step_line(step, verdict))
                 if step["status"] != "done":
                     raise SweepStopped(f"step {concurrency}: " + "; ".join(step["missing"]))

@@ -291,9 +291,10 @@ def test_prometheus_going_away_mid_sweep_gives_a_partial_report(stack: Stack, tm
         process = loadgen("sweep", "--plan", str(plan), "--target", stack.collector, "--prometheus", url,
                           "--out", "var/reports/test-loadgen", "--no-panels", wait=False)
         run_dir = _wait_for_steps(process, 1)
+        _k6_child(process)  # step 2 is under way (Prometheus answered the check between the steps)
         prometheus.send_signal(signal.SIGTERM)
         prometheus.wait(timeout=30)
-        _, stderr = process.communicate(timeout=180)
+        stdout, stderr = process.communicate(timeout=180)
     finally:
         if prometheus.poll() is None:
             prometheus.kill()
@@ -301,6 +302,10 @@ def test_prometheus_going_away_mid_sweep_gives_a_partial_report(stack: Stack, tm
     results = results_of(run_dir)
     assert results["status"] == "partial"
     assert results["steps"][0]["status"] == "done" and results["steps"][0]["server"]["vllm"] is not None
+    # the console agrees with the report: the step cut short by Prometheus is not printed as "ok"
+    console = [line for line in (stdout + stderr).replace("\r", "\n").splitlines()
+               if "2 users:" in line and "tok/s" in line]
+    assert console and all("not kept" in line and " ok" not in line.split("errors")[-1] for line in console), stdout
     report = (run_dir / "report.md").read_text()
     assert "what is missing" in report and "Prometheus" in report.split("what is missing")[1].split("##")[0]
     assert os.path.exists(run_dir / "report.html")
