@@ -157,3 +157,27 @@ def test_the_h200_worked_example_names_vllms_api_server_and_the_decode_bound_kv_
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "NVIDIA H200" in (run / "report.md").read_text()
+
+
+def test_a_cpu_run_with_bunched_delivery_prints_no_impossible_per_user_speed(tmp_path: Path) -> None:
+    """Recorded on this project's CPU harness with the first generated model (hidden 256, 2 layers), vLLM beside
+    a private stack (VLLM_URL): the API server delivered 900-token answers in bursts, so the client timed
+    982,016 tok/s for one stream. The report must show vLLM's own per-stream rate instead, flagged, and name the
+    front-end wait it measured."""
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "data" / "cpu-tiny-bunched", run)
+    result = subprocess.run([sys.executable, "-m", "loadgen", "report", str(run)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    analysis = analyse(json.loads((run / "results.json").read_text()))
+    one = analysis.rows[0]
+    assert one.concurrency == 1 and one.user_tok_s is not None and one.user_tok_s < 2_000
+    assert one.user_tok_s_source.startswith("vLLM")
+    assert any("bunched" in f for f in analysis.flags)
+    report = (run / "report.md").read_text()
+    table = report.split("## Envelope table")[1].split("##")[0]
+    assert "982,016" not in table and "(vLLM)" in table
+    assert analysis.envelope.count("by vLLM's clock") == 1
+    assert analysis.what_broke_first.startswith("front-end: requests waited in front of the engine")
+    # no GPU: no percentage of some GPU's bandwidth
+    assert "Not applicable: no GPU was visible" in report
