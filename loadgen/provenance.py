@@ -20,7 +20,8 @@ from loadgen.prom import Prometheus, PrometheusDown
 # Engine settings worth recording from vllm:cache_config_info's labels.
 CACHE_CONFIG_LABELS = ("block_size", "num_gpu_blocks", "num_gpu_blocks_override", "kv_cache_size_tokens",
                        "kv_cache_max_concurrency", "cache_dtype", "enable_prefix_caching", "gpu_memory_utilization")
-NATIVE_SETTINGS = ("NATIVE_KV_BLOCKS", "NATIVE_MAX_NUM_SEQS", "NATIVE_MAX_MODEL_LEN", "NATIVE_KVCACHE_SPACE_GIB")
+NATIVE_SETTINGS = ("NATIVE_KV_BLOCKS", "NATIVE_MAX_NUM_SEQS", "NATIVE_MAX_MODEL_LEN", "NATIVE_KVCACHE_SPACE_GIB",
+                   "NATIVE_ENGINE_CORE_NICE")
 DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "float8_e4m3fn": 1.0, "fp8": 1.0, "int8": 1.0,
                "int4": 0.5}
 

@@ -406,6 +406,10 @@ def up(s: dict[str, str], only: list[str] | None = None) -> None:
             started.append(svc.name)
         for svc in to_start:
             wait_healthy(svc, s)
+            niceness = int(s.get("NATIVE_ENGINE_CORE_NICE", "0") or 0)
+            pid = _started_pid(svc.name)
+            if svc.name == "vllm" and niceness and pid is not None:
+                deprioritize_engine_core(pid, niceness)
             print(f"  {svc.name:<14} up  {svc.url(s)}")
     except (StackError, KeyboardInterrupt) as error:
         for name in reversed(started):
@@ -413,6 +417,34 @@ def up(s: dict[str, str], only: list[str] | None = None) -> None:
         if isinstance(error, KeyboardInterrupt):
             raise StackError("interrupted; stopped what was started") from error
         raise
+
+
+def deprioritize_engine_core(vllm_pid: int, niceness: int) -> list[int]:
+    """Lower the scheduling priority of every thread of vLLM's engine-core process (the API server's
+    child named VLLM::EngineCore); returns the thread ids changed.
+
+    vLLM's CPU build pins its worker to one core and leaves the engine core on the other, where it
+    busy-waits (sched_yield) on the worker's results beside the API server, the collector, k6 and
+    Prometheus. Measured on 2 cores, 1 stream x 900 tokens straight at vLLM: 3 of 8 first tokens
+    came 2.5-2.9 s late; with the engine core at nice 19, 16 of 16 came in 13-27 ms and requests
+    finished ~10% sooner. On a GPU box the engine core has cores of its own.
+    """
+    changed: list[int] = []
+    task_dirs = []
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (child / "stat").read_text()
+            comm = (child / "comm").read_text().strip()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == vllm_pid and comm.startswith("VLLM::EngineCor"):
+            task_dirs += list((child / "task").glob("[0-9]*"))
+    for task in task_dirs:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
+            changed.append(int(task.name))
+    return changed
 
 
 def wait_healthy(svc: Service, s: dict[str, str]) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 from tokenizers import Tokenizer
@@ -154,3 +156,16 @@ def test_seed_smoke_then_vllm_and_prometheus_hold_requests_and_tokens(stack: Sta
     up = {r["metric"]["job"]: r["value"][1] for r in stack.prom_query("up")}
     for job in ("vllm", "collector", "node-exporter", "prometheus", "alertmanager"):
         assert up.get(job) == "1", (job, up)
+
+
+def test_the_engine_core_yields_to_the_front_end(stack: Stack) -> None:
+    """The CPU build's engine core busy-waits beside the API server; native mode runs it at the configured
+    niceness (README "Why the generated model is no smaller") so first tokens do not stall for seconds."""
+    wanted = int(stack.settings["NATIVE_ENGINE_CORE_NICE"])
+    vllm_pid = native_stack.recorded_pid("vllm")
+    if vllm_pid is None:
+        pytest.skip("vLLM was not started by native mode here (VLLM_URL or a developer's own)")
+    engine = [p for p in psutil.Process(vllm_pid).children() if p.name().startswith("VLLM::EngineCor")]
+    assert engine, "no engine-core child under vLLM's API server"
+    threads = [t.id for t in engine[0].threads()]
+    assert threads and all(os.getpriority(os.PRIO_PROCESS, tid) == wanted for tid in threads)
