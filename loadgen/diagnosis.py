@@ -323,16 +323,26 @@ def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], t
                                 f"client {client_user:,.0f} tok/s per stream, server {server_user:,.0f} "
                                 "(1 / mean ITL)" + (": tokens reached the client bunched, the server's figure is "
                                                     "used" if bunched(step) else "")))
-        ttft = {k: _get(step, *path) for k, path in (("client", ("client", "ttft_p50_s")),
-                                                      ("collector", ("server", "collector", "ttft_p50_s")),
-                                                      ("vLLM", ("server", "vllm", "ttft_p50_s")))}
-        order = [(k, v) for k, v in ttft.items() if v is not None]
-        if len(order) >= 2:
+        # Each TTFT as the interval it is known to lie in: the client's is exact, a server quantile lies
+        # somewhere in its histogram bucket. Out of order only if the intervals cannot overlap.
+        ttft: list[tuple[str, float, float, float]] = []  # (where, value, lowest, highest)
+        client_ttft = _get(step, "client", "ttft_p50_s")
+        if client_ttft is not None:
+            ttft.append(("client", client_ttft, client_ttft, client_ttft))
+        for name, group in (("collector", "collector"), ("vLLM", "vllm")):
+            value = _get(step, "server", group, "ttft_p50_s")
+            if value is not None:
+                bucket = _get(step, "server", group, "ttft_p50_bucket_s") or [value, value]
+                ttft.append((name, value, min(value, bucket[0]), max(value, bucket[1])))
+        if len(ttft) >= 2:
             broken = [f"{a} {va * 1000:.1f} ms < {b} {vb * 1000:.1f} ms"
-                      for (a, va), (b, vb) in itertools.pairwise(order)
-                      if va < vb - max(TTFT_ORDER_SLACK_S, 0.2 * vb)]
+                      for (a, va, _, high_a), (b, vb, low_b, _) in itertools.pairwise(ttft)
+                      if high_a < low_b - max(TTFT_ORDER_SLACK_S, 0.2 * low_b)]
+            why = (" (the client's p50 covers requests that started in the window, a server histogram those whose "
+                   "first token came in it: under a long queue the two populations differ)")
             checks.append(Check("TTFT p50: client ≥ collector ≥ vLLM", c, not broken,
-                                "; ".join(broken) or ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in order)))
+                                "; ".join(broken) + why if broken else
+                                ", ".join(f"{k} {v * 1000:.1f} ms" for k, v, _, _ in ttft)))
         hit = _get(step, "server", "vllm", "prefix_cache_hit_ratio")
         if hit is not None:
             checks.append(Check("prompts distinct (prefix-cache hit ratio under 50%)", c, hit < PREFIX_HIT_DOUBT,
