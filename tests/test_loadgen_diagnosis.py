@@ -181,3 +181,13 @@ def test_a_cpu_run_with_bunched_delivery_prints_no_impossible_per_user_speed(tmp
     assert analysis.what_broke_first.startswith("front-end: requests waited in front of the engine")
     # no GPU: no percentage of some GPU's bandwidth
     assert "Not applicable: no GPU was visible" in report
+
+
+def test_errors_are_named_by_kind_and_source() -> None:
+    """The 503s a bend-native run got were the collector's upstream connect timeout: the report names that,
+    not only k6's status class."""
+    from loadgen.analysis import error_kinds
+
+    step: dict[str, Any] = {"client": {"errors": 3, "error_kinds": {"http_5xx": 3}},
+                            "server": {"collector_errors": {"upstream_connect_timeout": 3.0, "client_disconnect": 0.2}}}
+    assert error_kinds(step) == "3 http_5xx at the client, 3 upstream_connect_timeout at the collector"
