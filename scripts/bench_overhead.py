@@ -15,10 +15,12 @@ import argparse
 import asyncio
 import json
 import statistics
-import time
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-import aiohttp
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_proxy import run_round  # the proxy benchmark's load client: one for both
 
 
 @dataclass(frozen=True)
@@ -30,43 +32,11 @@ class Round:
     errors: int
 
 
-async def _stream(session: aiohttp.ClientSession, url: str, model: str, max_tokens: int) -> tuple[float, int]:
-    body = {"model": model, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
-            "messages": [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]}
-    start = time.perf_counter()
-    first = 0.0
-    chunks = 0
-    async with session.post(f"{url}/v1/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.content:
-            if line.startswith(b"data: {") and b'"content"' in line:
-                chunks += 1
-                if not first:
-                    first = time.perf_counter() - start
-    return first, chunks
-
-
-async def one_round(url: str, model: str, concurrency: int, max_tokens: int, per_stream: int, target: str) -> Round:
-    ttfts: list[float] = []
-    tokens = 0
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=900)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        async def user() -> None:
-            nonlocal tokens, errors
-            for _ in range(per_stream):
-                try:
-                    first, chunks = await _stream(session, url, model, max_tokens)
-                except (TimeoutError, aiohttp.ClientError):
-                    errors += 1
-                    continue
-                ttfts.append(first)
-                tokens += chunks
-        start = time.perf_counter()
-        await asyncio.gather(*(user() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    return Round(target, concurrency, tokens / wall, statistics.median(ttfts) if ttfts else float("nan"), errors)
+def one_round(url: str, model: str, concurrency: int, max_tokens: int, per_stream: int, target: str) -> Round:
+    wall, results = asyncio.run(run_round(url + "/v1/chat/completions", concurrency, per_stream, model, max_tokens))
+    ttfts = [r.ttft for r in results if r.ttft is not None]
+    return Round(target, concurrency, sum(r.tokens for r in results) / wall,
+                 statistics.median(ttfts) if ttfts else float("nan"), sum(not r.ok for r in results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             # alternate which goes first, so drift of the server does not favour one side
             order = [("direct", args.direct), ("collector", args.collector)]
             for target, url in order if number % 2 == 0 else order[::-1]:
-                r = asyncio.run(one_round(url, args.model, concurrency, args.max_tokens, args.requests_per_stream,
-                                          target))
+                r = one_round(url, args.model, concurrency, args.max_tokens, args.requests_per_stream, target)
                 rounds.append(r)
                 print(f"{concurrency:>4} streams round {number + 1} {target:<9} {r.tok_s:9,.0f} tok/s  "
                       f"p50 TTFT {r.ttft_p50_s * 1000:7.1f} ms  errors {r.errors}", flush=True)
