@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from loadgen import knee
+
 # A process using at least this share of one core is saturated: Python front-ends (vLLM's API
 # server, the collector) run their event loop on one core.
 PROCESS_SATURATED_CORES = 0.85
@@ -383,3 +385,9 @@ def kv_fill(results: dict[str, Any]) -> KvFill | None:
     output = float(_get(results, "plan", "profile", "max_tokens") or 0)
     per_request = prompt + output
     return KvFill(kv_tokens, per_request, kv_tokens / per_request) if per_request > 0 else None
+
+
+def server_climb_limit(results: dict[str, Any]) -> int:
+    """The knee search's bound where the plan sets none: from the KV capacity vLLM reports."""
+    fill = kv_fill(results)
+    return knee.capacity_limit(fill.kv_cache_tokens if fill else None, fill.tokens_per_request if fill else None)

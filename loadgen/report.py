@@ -162,8 +162,7 @@ def capacity_text(results: dict[str, Any]) -> str:
     else:
         text = (f"vLLM's KV cache holds {fill.kv_cache_tokens:,.0f} tokens; at ~{fill.tokens_per_request:,.0f} tokens "
                 f"per request (prompt + output) it fills at about {fill.users:,.0f} concurrent users")
-    limit = plan_cap or knee.capacity_limit(fill.kv_cache_tokens if fill else None,
-                                            fill.tokens_per_request if fill else None)
+    limit = plan_cap or diagnosis.server_climb_limit(results)
     source = "the plan's max_concurrency" if plan_cap else (
         "twice that" if fill else f"a fallback of {knee.FALLBACK_LIMIT}")
     return (f"{text}. The climb was bounded at {limit:,} users ({source}); it also stops where the SLO breaks or "

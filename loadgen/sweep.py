@@ -69,10 +69,6 @@ class Sweep:
         return [knee.Outcome(s["concurrency"], s["slo"]["ok"], s.get("hard_stop"), (s.get("client") or {}).get(
             "output_tok_s")) for s in self.done_steps()]
 
-    def server_limit(self) -> int:
-        """The climb's bound where the plan sets none: twice the users whose requests fill the KV cache."""
-        fill = diagnosis.kv_fill(self.results)
-        return knee.capacity_limit(fill.kv_cache_tokens if fill else None, fill.tokens_per_request if fill else None)
 
     # ---------------------------------------------------------------- one step
     def _watchdog(self, bar: tqdm[Any], started: float, length: float) -> Any:
@@ -216,7 +212,8 @@ class Sweep:
                    desc="sweep", leave=True)
         status = "complete"
         try:
-            while (concurrency := knee.next_concurrency(plan, self.outcomes(), self.server_limit())) is not None:
+            while (concurrency := knee.next_concurrency(
+                    plan, self.outcomes(), diagnosis.server_climb_limit(self.results))) is not None:
                 bar.set_description(f"step {concurrency:>4} users")
                 self.results["steps"] = [s for s in self.results["steps"] if s["concurrency"] != concurrency]
                 step = self.run_one(concurrency, bar)
