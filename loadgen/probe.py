@@ -34,10 +34,14 @@ class Probe:
     verdict: str  # "head held (collector header)", "headers before first token" or "undetermined"
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The bearer header the collector asks for when it has an API key (none without one)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def served_model(target: str, api_key: str | None = None) -> str:
     try:
-        response = requests.get(f"{target}/v1/models", timeout=10,
-                                headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
+        response = requests.get(f"{target}/v1/models", timeout=10, headers=auth_headers(api_key))
         response.raise_for_status()
         return str(response.json()["data"][0]["id"])
     except (requests.RequestException, KeyError, IndexError, ValueError) as error:
@@ -52,7 +56,7 @@ HEAD_HELD_HEADER = "X-Collector-Head-Held"
 def _one(target: str, model: str, api_key: str | None) -> tuple[float, float, bool]:
     body = {"model": model, "messages": [{"role": "user", "content": "probe: say something long"}],
             "max_tokens": 8, "stream": True, "ignore_eos": True}
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     start = time.perf_counter()
     with requests.post(f"{target}/v1/chat/completions", json=body, headers=headers, stream=True,
                        timeout=60) as response:

@@ -15,6 +15,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadgen.k6_runner import k6_version
+from loadgen.probe import auth_headers
 from loadgen.prom import Prometheus, PrometheusDown
 
 # Engine settings worth recording from vllm:cache_config_info's labels.
@@ -28,7 +29,7 @@ DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0, "float8_e4m3fn":
 
 def _get_json(url: str, api_key: str | None = None) -> Any:
     try:
-        response = requests.get(url, timeout=10, headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
+        response = requests.get(url, timeout=10, headers=auth_headers(api_key))
         response.raise_for_status()
         return response.json()
     except (requests.RequestException, ValueError):
