@@ -8,13 +8,13 @@ Prometheus scrape that vLLM's /metrics. The private stack is always torn down.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import requests
+from bench_proxy import free_port
 
 from loadgen.settings import service_url
 from tests.conftest import ROOT, Stack
@@ -24,23 +24,17 @@ LAUNCHER = ROOT / "scripts" / "native_stack.py"
 PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _local(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(PYTHON), str(LAUNCHER), *args], env=env, capture_output=True, text=True,
                           timeout=300, check=False)
 
 
 def test_the_stack_runs_beside_an_external_vllm(stack: Stack, tmp_path: Path) -> None:
-    ports = {key: str(_free_port()) for key in ("COLLECTOR_PORT", "PROMETHEUS_PORT", "NODE_EXPORTER_PORT",
+    ports = {key: str(free_port()) for key in ("COLLECTOR_PORT", "PROMETHEUS_PORT", "NODE_EXPORTER_PORT",
                                                 "ALERTMANAGER_PORT", "ALERT_WEBHOOK_PORT")}
     # VLLM_PORT points nowhere useful: with VLLM_URL set nothing may use it.
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **ports,
-           "SERVING_ENVELOPE_VAR": str(tmp_path), "VLLM_URL": stack.vllm + "/", "VLLM_PORT": str(_free_port())}
+           "SERVING_ENVELOPE_VAR": str(tmp_path), "VLLM_URL": stack.vllm + "/", "VLLM_PORT": str(free_port())}
     try:
         up = _local(env, "up", "node-exporter", "prometheus", "collector")
         assert up.returncode == 0, up.stdout + up.stderr
