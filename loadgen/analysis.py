@@ -53,12 +53,7 @@ class Analysis:
     client_signals: list[str] = field(default_factory=list)
 
 
-def _get(d: dict[str, Any] | None, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(key)
-    return d
+_get = diagnosis.get_path
 
 
 def waiting_peak(vllm: dict[str, Any]) -> float | None:

@@ -59,7 +59,8 @@ GPU_BANDWIDTH_GB_S = {
 VLLM_FIRST_BUCKET_S = {"ttft": 0.001, "itl": 0.01, "queue": 0.3, "e2e": 0.3}
 
 
-def _get(d: Any, *keys: str) -> Any:
+def get_path(d: Any, *keys: str) -> Any:
+    """d[k1][k2]... or None where a level is missing (results.json sections may be absent)."""
     for key in keys:
         if not isinstance(d, dict):
             return None
@@ -123,7 +124,11 @@ class Wait:
 
     @property
     def front_of_engine(self) -> bool:
-        return self.in_front >= max(1.0, FRONT_WAIT_SHARE * self.client_in_flight)
+        return _waited_in_front(self.in_front, self.client_in_flight)
+
+
+def _waited_in_front(in_front: float, in_flight: float) -> bool:
+    return in_front >= max(1.0, FRONT_WAIT_SHARE * in_flight)
 
 
 def _mean_held(vllm: dict[str, Any]) -> tuple[float | None, float]:
@@ -145,12 +150,12 @@ def host_cpu_informative(steps: list[dict[str, Any]]) -> bool:
     """Host CPU saturation tells load apart only if the least loaded step left CPU idle: on a box whose
     engine computes (or spins) on CPU cores every step reads ~100%, and saturation is no finding."""
     lowest = min(steps, key=lambda s: s["concurrency"], default=None)
-    busy = _get(lowest, "server", "host", "cpu_busy_ratio")
+    busy = get_path(lowest, "server", "host", "cpu_busy_ratio")
     return busy is None or busy < HOST_CPU_SATURATED
 
 
 def where_waited(step: dict[str, Any], host_cpu_counts: bool = True) -> Wait | None:
-    vllm = _get(step, "server", "vllm")
+    vllm = get_path(step, "server", "vllm")
     if not vllm:
         return None
     held, waiting = _mean_held(vllm)
@@ -161,16 +166,16 @@ def where_waited(step: dict[str, Any], host_cpu_counts: bool = True) -> Wait | N
     if in_flight is None:  # runs recorded before the client's own figure: a closed loop keeps each user busy
         in_flight = float(step["concurrency"])
     in_front = in_flight - held
-    collector_cpu = _get(step, "server", "collector", "cpu_cores")
+    collector_cpu = get_path(step, "server", "collector", "cpu_cores")
     api_cpu = vllm.get("api_server_cpu_cores")
-    host_busy = _get(step, "server", "host", "cpu_busy_ratio")
+    host_busy = get_path(step, "server", "host", "cpu_busy_ratio")
     evidence = [f"client had {in_flight:.1f} requests open on average, vLLM held {held:.1f} "
                 f"(running + waiting; {waiting:.1f} waiting)"]
-    collector_in_flight = _get(step, "server", "collector", "in_flight_avg")
+    collector_in_flight = get_path(step, "server", "collector", "in_flight_avg")
     if collector_in_flight is not None:
         evidence.append(f"the collector had {collector_in_flight:.1f} in flight")
     where = ""
-    if in_front >= max(1.0, FRONT_WAIT_SHARE * in_flight):
+    if _waited_in_front(in_front, in_flight):
         saturated = []
         if api_cpu is not None:
             evidence.append(f"vLLM's API-server process used {api_cpu:.2f} of a core")
@@ -293,12 +298,12 @@ class Check:
 
 def server_user_tok_s(step: dict[str, Any]) -> float | None:
     """Tokens per second one stream gets by the server's own clock: 1 / mean inter-token latency."""
-    itl = _get(step, "server", "vllm", "itl_mean_s")
+    itl = get_path(step, "server", "vllm", "itl_mean_s")
     return 1 / itl if itl else None
 
 
 def bunched(step: dict[str, Any]) -> bool:
-    client = _get(step, "client", "user_tok_s_p50")
+    client = get_path(step, "client", "user_tok_s_p50")
     server = server_user_tok_s(step)
     return bool(client and server and client > BUNCHED_FACTOR * server)
 
@@ -308,7 +313,7 @@ def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], t
     host_cpu_counts = host_cpu_informative(steps)
     for step in steps:
         c = step["concurrency"]
-        ratio = _get(step, "throughput_check", "client_over_vllm")
+        ratio = get_path(step, "throughput_check", "client_over_vllm")
         if ratio is not None:
             checks.append(Check("client tok/s vs vLLM's counter", c, abs(ratio - 1) <= tolerance,
                                 f"{ratio:.0%} over the same span (tolerance ±{tolerance:.0%})"))
@@ -319,7 +324,7 @@ def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], t
                                 f"{wait.client_in_flight:.1f} open at the client, {wait.engine_held:.1f} in vLLM"
                                 + (f": {wait.in_front:.1f} waited in front of the engine" if wait.front_of_engine
                                    else "")))
-        client_user, server_user = _get(step, "client", "user_tok_s_p50"), server_user_tok_s(step)
+        client_user, server_user = get_path(step, "client", "user_tok_s_p50"), server_user_tok_s(step)
         if client_user and server_user:
             checks.append(Check("per-user speed vs the server's time per token", c, not bunched(step),
                                 f"client {client_user:,.0f} tok/s per stream, server {server_user:,.0f} "
@@ -328,13 +333,13 @@ def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], t
         # Each TTFT as the interval it is known to lie in: the client's is exact, a server quantile lies
         # somewhere in its histogram bucket. Out of order only if the intervals cannot overlap.
         ttft: list[tuple[str, float, float, float]] = []  # (where, value, lowest, highest)
-        client_ttft = _get(step, "client", "ttft_p50_s")
+        client_ttft = get_path(step, "client", "ttft_p50_s")
         if client_ttft is not None:
             ttft.append(("client", client_ttft, client_ttft, client_ttft))
         for name, group in (("collector", "collector"), ("vLLM", "vllm")):
-            value = _get(step, "server", group, "ttft_p50_s")
+            value = get_path(step, "server", group, "ttft_p50_s")
             if value is not None:
-                bucket = _get(step, "server", group, "ttft_p50_bucket_s") or [value, value]
+                bucket = get_path(step, "server", group, "ttft_p50_bucket_s") or [value, value]
                 ttft.append((name, value, min(value, bucket[0]), max(value, bucket[1])))
         if len(ttft) >= 2:
             broken = [f"{a} {va * 1000:.1f} ms < {b} {vb * 1000:.1f} ms"
@@ -345,7 +350,7 @@ def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], t
             checks.append(Check("TTFT p50: client ≥ collector ≥ vLLM", c, not broken,
                                 "; ".join(broken) + why if broken else
                                 ", ".join(f"{k} {v * 1000:.1f} ms" for k, v, _, _ in ttft)))
-        hit = _get(step, "server", "vllm", "prefix_cache_hit_ratio")
+        hit = get_path(step, "server", "vllm", "prefix_cache_hit_ratio")
         if hit is not None:
             checks.append(Check("prompts distinct (prefix-cache hit ratio under 50%)", c, hit < PREFIX_HIT_DOUBT,
                                 f"{hit:.0%} of prompt tokens came from vLLM's prefix cache"
@@ -369,7 +374,7 @@ class KvFill:
 def kv_fill(results: dict[str, Any]) -> KvFill | None:
     """At which concurrency this profile's requests fill vLLM's KV cache (cache_config_info's
     kv_cache_size_tokens / (prompt + output tokens per request)); None when vLLM did not say."""
-    flags = _get(results, "provenance", "engine_flags") or {}
+    flags = get_path(results, "provenance", "engine_flags") or {}
     try:
         kv_tokens = float(flags.get("kv_cache_size_tokens") or 0) or (
             float(flags["num_gpu_blocks"]) * float(flags["block_size"]))
@@ -377,12 +382,12 @@ def kv_fill(results: dict[str, Any]) -> KvFill | None:
         return None
     if kv_tokens <= 0:
         return None
-    prompts = [_get(s, "client", "prompt_tokens_per_request") for s in results.get("steps", [])
+    prompts = [get_path(s, "client", "prompt_tokens_per_request") for s in results.get("steps", [])
                if s.get("status") == "done"]
     prompt = next((p for p in prompts if p), None)
     if prompt is None:  # before any step: the plan's words, at ~1.3 tokens a word plus the chat template
-        prompt = 1.3 * float(_get(results, "plan", "profile", "prompt_words") or 0) + 10
-    output = float(_get(results, "plan", "profile", "max_tokens") or 0)
+        prompt = 1.3 * float(get_path(results, "plan", "profile", "prompt_words") or 0) + 10
+    output = float(get_path(results, "plan", "profile", "max_tokens") or 0)
     per_request = prompt + output
     return KvFill(kv_tokens, per_request, kv_tokens / per_request) if per_request > 0 else None
 
