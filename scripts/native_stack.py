@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import psutil
 import requests
 import yaml
 
@@ -430,20 +431,14 @@ def deprioritize_engine_core(vllm_pid: int, niceness: int) -> list[int]:
     finished ~10% sooner. On a GPU box the engine core has cores of its own.
     """
     changed: list[int] = []
-    task_dirs = []
-    for child in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (child / "stat").read_text()
-            comm = (child / "comm").read_text().strip()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == vllm_pid and comm.startswith("VLLM::EngineCor"):
-            task_dirs += list((child / "task").glob("[0-9]*"))
-    for task in task_dirs:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
-            changed.append(int(task.name))
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(vllm_pid).children():
+            if not child.name().startswith("VLLM::EngineCor"):
+                continue
+            for thread in child.threads():
+                with contextlib.suppress(OSError):
+                    os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
+                    changed.append(thread.id)
     return changed
 
 
