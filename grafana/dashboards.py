@@ -18,12 +18,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from loadgen.grafana_annotate import STEP_ANNOTATION_TAG
+
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
 
 PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
 GRAFANA_BUILTIN = {"type": "grafana", "uid": "-- Grafana --"}
-# Tag the loadgen puts on the Grafana annotations it posts for each sweep step.
-SWEEP_ANNOTATION_TAG = "serving-envelope"
+# GPUs whose DCGM counters are not all alive: GB10 (DGX Spark) reads DCGM_FI_DEV_MEMORY_TEMP and
+# DCGM_FI_DEV_MEM_COPY_UTIL as 0 (not N/A), and registers neither DCGM_FI_DEV_FB_* nor
+# DCGM_FI_PROF_GR_ENGINE_ACTIVE. Panels of those counters drop GB10's series, so they say
+# "not reported on GB10" instead of drawing 0 °C or 0%. DCGM exporter's modelName label names the GPU.
+DEAD_ON_GB10 = ("DCGM_FI_DEV_MEMORY_TEMP", "DCGM_FI_DEV_MEM_COPY_UTIL")
+NOT_ON_GB10 = ("DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_PROF_GR_ENGINE_ACTIVE")
+NOT_GB10 = 'modelName!~".*GB10.*"'
 
 # Grafana unit ids (the snapshot fallback drawer maps the same ids to axis labels).
 SECONDS = "s"
@@ -184,7 +191,7 @@ def step_annotations() -> list[dict[str, Any]]:
          "step": "5s", "titleFormat": "step {{step}}", "textFormat": "k6 requests tagged step={{step}}",
          "useValueForTime": False},
         {"name": "Sweep steps (loadgen)", "datasource": GRAFANA_BUILTIN, "enable": True, "iconColor": "blue",
-         "target": {"type": "tags", "tags": [SWEEP_ANNOTATION_TAG], "matchAny": True, "limit": 200}},
+         "target": {"type": "tags", "tags": [STEP_ANNOTATION_TAG], "matchAny": True, "limit": 200}},
     ]
 
 
@@ -333,26 +340,46 @@ def serving_dashboard() -> dict[str, Any]:
         ], items)
 
 
+def on_gpus_reporting(metric: str) -> str:
+    """A DCGM counter that is dead or absent on GB10, without GB10's series (see DEAD_ON_GB10)."""
+    assert metric in DEAD_ON_GB10 + NOT_ON_GB10, metric
+    return f"{metric}{{{GPU}, {NOT_GB10}}}"
+
+
 def gpu_host_dashboard() -> dict[str, Any]:
     no_dcgm = "no DCGM data (no GPU, or exporter not running)"
+    not_on_gb10 = "not reported on GB10 (DGX Spark), or no DCGM data"
     gpu = [
         (timeseries("GPU utilisation", "DCGM_FI_DEV_GPU_UTIL: share of time a kernel was running.", PERCENT, [
             target(f"DCGM_FI_DEV_GPU_UTIL{{{GPU}}}", "GPU {{gpu}}")], no_value=no_dcgm), 12, 8),
         (timeseries("GPU power", "DCGM_FI_DEV_POWER_USAGE: board power draw.", WATTS, [
             target(f"DCGM_FI_DEV_POWER_USAGE{{{GPU}}}", "GPU {{gpu}}"),
             threshold_target("gpu_power_watts", "threshold")], no_value=no_dcgm), 12, 8),
-        (timeseries("GPU temperature", "DCGM_FI_DEV_GPU_TEMP (and memory temperature where reported).", CELSIUS, [
+        (timeseries("GPU temperature", "DCGM_FI_DEV_GPU_TEMP: the GPU die.", CELSIUS, [
             target(f"DCGM_FI_DEV_GPU_TEMP{{{GPU}}}", "GPU {{gpu}}"),
-            target(f"DCGM_FI_DEV_MEMORY_TEMP{{{GPU}}}", "memory {{gpu}}"),
-            threshold_target("gpu_temperature_celsius", "threshold")], no_value=no_dcgm), 8, 8),
+            threshold_target("gpu_temperature_celsius", "threshold")], no_value=no_dcgm), 6, 8),
+        (timeseries("GPU memory temperature", "DCGM_FI_DEV_MEMORY_TEMP: the GPU's memory (HBM/GDDR). GB10 "
+                    "reads 0 here, which is no temperature: its series are left out.", CELSIUS, [
+                        target(on_gpus_reporting("DCGM_FI_DEV_MEMORY_TEMP"), "memory {{gpu}}")],
+                    no_value=not_on_gb10), 6, 8),
         (timeseries("GPU clocks", "DCGM_FI_DEV_SM_CLOCK and DCGM_FI_DEV_MEM_CLOCK.", MEGAHERTZ, [
             target(f"DCGM_FI_DEV_SM_CLOCK{{{GPU}}}", "SM {{gpu}}"),
-            target(f"DCGM_FI_DEV_MEM_CLOCK{{{GPU}}}", "memory {{gpu}}")], no_value=no_dcgm), 8, 8),
-        (timeseries("GPU framebuffer memory", "DCGM_FI_DEV_FB_USED/FREE. N/A on GB10 (DGX Spark): its GPU "
-                    "uses host memory, see Host memory below.", MEBIBYTES, [
-                        target(f"DCGM_FI_DEV_FB_USED{{{GPU}}}", "used {{gpu}}"),
-                        target(f"DCGM_FI_DEV_FB_FREE{{{GPU}}}", "free {{gpu}}")],
-                    no_value="not reported (unified memory, or no DCGM)"), 8, 8),
+            target(f"DCGM_FI_DEV_MEM_CLOCK{{{GPU}}}", "memory {{gpu}}")], no_value=no_dcgm), 6, 8),
+        (timeseries("GPU memory copy utilisation", "DCGM_FI_DEV_MEM_COPY_UTIL: share of time the memory was "
+                    "being read or written (decode is bandwidth-bound). GB10 reads 0 here whatever the load: "
+                    "its series are left out.", PERCENT, [
+                        target(on_gpus_reporting("DCGM_FI_DEV_MEM_COPY_UTIL"), "GPU {{gpu}}")],
+                    no_value=not_on_gb10), 6, 8),
+        (timeseries("GPU framebuffer memory", "DCGM_FI_DEV_FB_USED/FREE. Not registered on GB10 (DGX Spark): "
+                    "its GPU uses host memory, see Host memory below.", MEBIBYTES, [
+                        target(on_gpus_reporting("DCGM_FI_DEV_FB_USED"), "used {{gpu}}"),
+                        target(on_gpus_reporting("DCGM_FI_DEV_FB_FREE"), "free {{gpu}}")],
+                    no_value="not reported on GB10 (unified memory: see Host memory), or no DCGM data"), 12, 8),
+        (timeseries("GPU graphics engine active", "DCGM_FI_PROF_GR_ENGINE_ACTIVE: share of time the graphics "
+                    "engine (the SMs' work queue) was busy, a finer figure than GPU utilisation. A profiling "
+                    "counter: not registered on GB10.", RATIO, [
+                        target(on_gpus_reporting("DCGM_FI_PROF_GR_ENGINE_ACTIVE"), "GPU {{gpu}}")],
+                    no_value=not_on_gb10), 12, 8),
     ]
     host = [
         (timeseries("Host memory", "node exporter MemAvailable and used (MemTotal - MemAvailable): the memory "

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# The tag on every step annotation; the dashboards' "Sweep steps (loadgen)" layer queries exactly this
+# tag (grafana/dashboards.py imports it), beside the run id and the concurrency.
+STEP_ANNOTATION_TAG = "loadgen"
+
 
 @dataclass
 class Annotator:
@@ -36,7 +40,7 @@ class Annotator:
             return
         try:
             self.api.annotations.add_annotation(time_from=int(start * 1000), time_to=int(end * 1000),
-                                                tags=["loadgen", run_id, f"c{concurrency}"], text=text)
+                                                tags=[STEP_ANNOTATION_TAG, run_id, f"c{concurrency}"], text=text)
         except Exception as error:  # grafana-client raises its own and niquests' errors alike
             self.api = None
             self.note = f"Grafana annotations: stopped after an error ({type(error).__name__})"
