@@ -25,7 +25,7 @@ from loadgen.grafana_annotate import Annotator
 from loadgen.k6_runner import K6Missing, k6_binary
 from loadgen.plan import Plan, PlanError, builtin_profiles, load_plan, parse_plan, plan_from_dict
 from loadgen.probe import TargetError, probe_target, served_model
-from loadgen.settings import service_url, stack_settings
+from loadgen.settings import read_settings, service_url
 from loadgen.sweep import RESULTS, Sweep
 from loadgen.thresholds import ThresholdsError, load_thresholds, slo_for_run
 
@@ -84,7 +84,7 @@ def _prometheus(url: str | None) -> tuple[prom.Prometheus | None, str | None]:
 
 
 def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
-    settings = stack_settings()
+    settings = read_settings()
     try:
         if args.resume:
             run_dir = Path(args.resume)
@@ -211,7 +211,7 @@ def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = stack_settings()
+    settings = read_settings()
     parser = argparse.ArgumentParser(prog="python -m loadgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,35 +1,63 @@
-"""Ports and knobs from the repo's one settings file (compose/.env, else .env.example).
+"""The repo's one settings reader and the service URLs built from it.
 
-Parsed by scripts/native_stack.py (the one parser); outside a checkout only the environment counts.
+Ports and knobs live in `compose/.env` (else `compose/.env.example`), overridden by the environment;
+outside a checkout (no such file) only the environment counts. Native mode, the compose stack's tests,
+the benchmarks and `python -m loadgen` all read them here. This module imports nothing of the repo's own.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NATIVE_STACK = ROOT / "scripts" / "native_stack.py"
+ENV_FILES = (ROOT / "compose" / ".env", ROOT / "compose" / ".env.example")
+# Where native mode, the benchmarks and the generated model keep what they write (ignored by git).
+VAR = Path(os.environ.get("SERVING_ENVELOPE_VAR", ROOT / "var"))
+# The repo's virtual environments (scripts/setup, scripts/setup-bench).
+APP_PYTHON = ROOT / ".venv" / "bin" / "python"
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+BENCH_BIN = ROOT / ".venv-bench" / "bin"
 
 
-def stack_settings() -> dict[str, str]:
-    if not NATIVE_STACK.exists():
-        return dict(os.environ)
-    module = sys.modules.get("native_stack")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("native_stack", NATIVE_STACK)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["native_stack"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    settings: dict[str, str] = module.read_settings()
+def read_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Settings from compose/.env (or .env.example), overridden by the environment; quotes around a
+    value are stripped. Without either file: the environment alone."""
+    environ = os.environ if environ is None else environ
+    path = next((p for p in ENV_FILES if p.exists()), None)
+    if path is None:
+        return dict(environ)
+    settings: dict[str, str] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        settings[key.strip()] = value.strip().strip('"').strip("'")
+    for key in list(settings):
+        if key in environ:
+            settings[key] = environ[key]
     return settings
 
 
-def service_url(settings: dict[str, str], port_key: str) -> str | None:
-    if port_key == "VLLM_PORT" and settings.get("VLLM_URL", "").strip():
-        return settings["VLLM_URL"].strip().rstrip("/")  # the stack runs beside an external vLLM
+def external_vllm(settings: Mapping[str, str]) -> str | None:
+    """The URL of a vLLM the stack runs beside instead of starting its own (None: start the CPU build)."""
+    url = settings.get("VLLM_URL", "").strip().rstrip("/")
+    return url or None
+
+
+def service_url(settings: Mapping[str, str], port_key: str) -> str | None:
+    """http://BIND_ADDRESS:PORT of one service (None: no such port setting); vLLM's is VLLM_URL when set."""
+    if port_key == "VLLM_PORT" and external_vllm(settings):
+        return external_vllm(settings)  # the stack runs beside an external vLLM
     port = settings.get(port_key)
     return f"http://{settings.get('BIND_ADDRESS', '127.0.0.1')}:{port}" if port else None
+
+
+def vllm_url(settings: Mapping[str, str]) -> str:
+    """Where vLLM answers: VLLM_URL, else the native stack's own on VLLM_PORT."""
+    url = service_url(settings, "VLLM_PORT")
+    if url is None:
+        raise KeyError("VLLM_PORT")
+    return url

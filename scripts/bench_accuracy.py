@@ -41,10 +41,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from loadgen.settings import service_url, stack_settings  # noqa: E402
+from loadgen.settings import VLLM_PYTHON, read_settings, service_url  # noqa: E402
 from loadgen.stats import client_step_stats  # noqa: E402
 
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 VLLM_BENCH = """
 import argparse, sys
 from vllm.benchmarks.serve import add_cli_args, main
@@ -252,7 +251,7 @@ def table(measures: list[Measure], together: bool) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = stack_settings()
+    settings = read_settings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=("together", "interleaved"), default="together")
     parser.add_argument("--target", default=service_url(settings, "COLLECTOR_PORT"),

@@ -30,9 +30,7 @@ import json
 import math
 import os
 import re
-import resource
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,18 +41,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import requests
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import native_stack  # noqa: E402
+from loadgen import native_stack
+from loadgen.procs import TreeCpu, stop_group
+from loadgen.settings import APP_PYTHON, BENCH_BIN, ROOT, VLLM_PYTHON, read_settings
 
-BENCH_BIN = ROOT / ".venv-bench" / "bin"
-VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
-APP_PYTHON = ROOT / ".venv" / "bin" / "python"
 SAMPLE_INTERVAL_S = 0.5
 # Counter increments closer than this belong to one stretch of load (a tool's own warm-up request a few
 # seconds before its run is a separate stretch and is left out).
@@ -248,36 +243,6 @@ def peaks(samples: list[tuple[float, ServerSample]]) -> dict[str, float]:
     }
 
 
-# ============================================================================ client CPU
-class TreeCpu:
-    """CPU seconds of a process and all its descendants, polled (children that exit between polls keep
-    their last reading); `finish` adds what the OS reports for reaped children, whichever is larger."""
-
-    def __init__(self, pid: int) -> None:
-        self.root = psutil.Process(pid)
-        self.seen: dict[tuple[int, float], float] = {}
-        self.rusage_start = _children_cpu()
-
-    def poll(self) -> None:
-        try:
-            processes = [self.root, *self.root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return
-        for process in processes:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                times = process.cpu_times()
-                self.seen[(process.pid, process.create_time())] = times.user + times.system
-
-    def finish(self) -> float:
-        """Call after the root was waited for."""
-        return max(sum(self.seen.values()), _children_cpu() - self.rusage_start)
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 # ============================================================================ running one tool
 @dataclass
 class Measured:
@@ -317,7 +282,7 @@ def run_measured(command: list[str], *, log_path: Path, metrics_url: str, model:
             cpu.poll()
             if time.time() - started > timeout_s:
                 timed_out = True
-                _stop_session(process)
+                stop_group(process, grace=15.0)
                 break
             time.sleep(0.5)
         cpu_s = cpu.finish()
@@ -326,18 +291,6 @@ def run_measured(command: list[str], *, log_path: Path, metrics_url: str, model:
                     timed_out=timed_out, log=str(log_path), window=active_window(sampler.samples),
                     server=peaks(sampler.samples), busy_before=busy_before, sampler_failures=sampler.failures,
                     generation_samples=[(t, x.generation_tokens) for t, x in sampler.samples])
-
-
-def _stop_session(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL, to the session this script started for the tool (its id is the child's pid)."""
-    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 # ============================================================================ workloads
@@ -954,7 +907,7 @@ def stack_target(via: str, settings: dict[str, str], env: dict[str, str]) -> Tar
 @contextlib.contextmanager
 def own_stack(var_dir: Path) -> Iterator[dict[str, str]]:
     """A private native stack on the default ports + OWN_STACK_PORT_OFFSET, stopped afterwards."""
-    base = native_stack.read_settings()
+    base = read_settings()
     env = {"SERVING_ENVELOPE_VAR": str(var_dir)}
     for key in PORT_KEYS:
         env[key] = str(int(base[key]) + OWN_STACK_PORT_OFFSET)
@@ -1026,7 +979,7 @@ def main(argv: list[str] | None = None) -> int:
         stack: contextlib.AbstractContextManager[dict[str, str]] = (
             own_stack(run_dir / "stack") if args.own_stack else contextlib.nullcontext({}))
         with stack as env:
-            settings = native_stack.read_settings({**os.environ, **env})
+            settings = read_settings({**os.environ, **env})
             target = stack_target(args.via, settings, env)
             return run(args, target, run_dir, out_dir / f"peers-{stamp}.json")
     except BenchError as error:

@@ -28,77 +28,23 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 import psutil
-import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import native_stack
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from loadgen import native_stack
+from loadgen.procs import StartError, cpu_seconds, free_port, process_tree, running
+from loadgen.settings import APP_PYTHON, ROOT, read_settings
 
-ROOT = native_stack.ROOT
 TARGETS = ("direct", "nginx", "collector")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class StartError(Exception):
-    """A process did not come up: one line saying which and why."""
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StartError(f"{what} exited with status {process.returncode} during start-up")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise StartError(f"{what} not ready after {timeout:.0f} s ({url})")
-
-
-@contextmanager
-def running(command: list[str], env: dict[str, str], log: Path, ready_url: str, timeout: float,
-            what: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A process in its own session, logging to `log`, ready when `ready_url` answers 200; on exit
-    its whole process group is stopped (vLLM forks an engine process)."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                   start_new_session=True)
-    try:
-        wait_ready(ready_url, process, timeout, what)
-        yield process
-    finally:
-        stop_group(process)
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 # --- the load client ------------------------------------------------------------------------------
@@ -194,30 +140,6 @@ async def run_round(url: str, concurrency: int, requests_per_stream: int, model:
         per_worker = await asyncio.gather(*(worker(s) for s in range(concurrency)))
         wall = time.perf_counter() - started
     return wall, [r for results in per_worker for r in results]
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    """CPU time of `processes`: the scheduler's nanosecond count (/proc/PID/schedstat) where Linux has
-    it, as a 64-token request costs the proxy a few milliseconds, under psutil's 10 ms tick."""
-    total = 0.0
-    for process in processes:
-        try:
-            with open(f"/proc/{process.pid}/schedstat") as stat:
-                total += int(stat.read().split()[0]) / 1e9
-            continue
-        except (OSError, ValueError, IndexError):
-            pass
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
-def process_tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
 
 
 # --- a scripted upstream: vLLM's streaming chat API without a model -----------------------------
@@ -442,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if nginx_binary is None:
         print("error: nginx is not installed (apt-get install nginx)", file=sys.stderr)
         return 1
-    settings = native_stack.read_settings()
+    settings = read_settings()
     widest = max([*args.concurrency, args.soak_concurrency if args.soak else 1])
     ports = {name: free_port() for name in TARGETS}
     # Enough sequences and KV blocks (128 tokens each) that every stream is served at once.
@@ -490,7 +412,7 @@ def run(args: argparse.Namespace, upstream_command: list[str], model: str, nginx
             env, work / "nginx.log", urls["nginx"] + "/health", 30, "nginx"))
         profile = ["-m", "cProfile", "-o", str(args.collector_profile)] if args.collector_profile else []
         collector_process = stack.enter_context(running(
-            [str(native_stack.APP_PYTHON), *profile, "-m", "collector", "--upstream", urls["direct"],
+            [str(APP_PYTHON), *profile, "-m", "collector", "--upstream", urls["direct"],
              "--host", "127.0.0.1", "--port", str(ports["collector"])], env, work / "collector.log",
             urls["collector"] + "/metrics", 30, "collector"))
         bench = Bench(urls, {"nginx": nginx_process.pid, "collector": collector_process.pid}, model, args.max_tokens)

@@ -21,12 +21,14 @@ from typing import Any
 
 import requests
 from aiohttp import web
-from bench_proxy import free_port, stop_group, wait_ready  # the benchmark's process helpers, shared
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadgen.procs import free_port, spawn_group, stop_group, wait_ready
+from loadgen.settings import APP_PYTHON
+
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
+PYTHON = APP_PYTHON
 if not PYTHON.exists():
     PYTHON = Path(sys.executable)
 
@@ -40,10 +42,10 @@ def collector_process(upstream: str, *args: str, env: dict[str, str] | None = No
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COLLECTOR_"))}
     environ.update(env or {})
     stderr = log.open("wb") if log is not None else subprocess.PIPE
-    process = subprocess.Popen(  # not bench_proxy.running: a failed start shows the collector's stderr
+    process = spawn_group(  # not procs.running: a failed start shows the collector's stderr
         [str(PYTHON), "-m", "collector", "--upstream", upstream, "--host", "127.0.0.1", "--port", str(port),
          *args],
-        cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+        subprocess.DEVNULL, stderr=stderr, env=environ,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import requests
 
+from loadgen import native_stack
+from loadgen.settings import read_settings, vllm_url
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-
-import native_stack  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def settings() -> dict[str, str]:
-    return native_stack.read_settings()
+    return read_settings()
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +77,7 @@ def stack(settings: dict[str, str]) -> Iterator[Stack]:
     try:
         yield Stack(
             settings=settings,
-            vllm=native_stack.vllm_url(settings),
+            vllm=vllm_url(settings),
             collector=url("COLLECTOR_PORT"),
             prometheus=url("PROMETHEUS_PORT"),
             alertmanager=url("ALERTMANAGER_PORT"),

@@ -30,7 +30,8 @@ import pytest
 import requests
 import yaml
 
-import native_stack
+from loadgen import native_stack
+from loadgen.settings import APP_PYTHON
 from tests.conftest import Stack
 from tests.prometheus_checks import PROMETHEUS_DIR, RULES_DIR, THRESHOLDS_FILE
 
@@ -162,7 +163,7 @@ def run_k6(stack: Stack, workdir: Path) -> subprocess.Popen[bytes]:
     script = workdir / "alert-load.js"
     script.write_text(K6_SCRIPT % {"duration": LOAD_SECONDS})
     env = {**os.environ, "TARGET": stack.vllm, "MODEL": stack.model, "K6_NO_USAGE_REPORT": "true"}
-    k6 = native_stack.ROOT / ".venv" / "bin" / "k6"
+    k6 = APP_PYTHON.parent / "k6"
     with (workdir / "k6.log").open("wb") as log:
         return subprocess.Popen([str(k6), "run", "--quiet", "--no-usage-report", str(script)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -17,7 +17,7 @@ import alert_webhook  # scripts/ is on sys.path (conftest.py)
 import pytest
 import requests
 
-import native_stack
+from loadgen import native_stack
 from tests.conftest import Stack
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import bench_peers as bp
 import pytest
 
+from loadgen.settings import ROOT
+
 METRICS = """\
 # HELP vllm:generation_tokens_total Number of generation tokens processed.
 # TYPE vllm:generation_tokens_total counter
@@ -283,18 +285,18 @@ def test_bad_arguments_get_one_line(argv: list[str], message: str, capsys: pytes
 
 def test_commands_send_load_to_the_target_only_with_the_same_workload() -> None:
     target = bp.Target(api_url="http://127.0.0.1:8001", via="collector", metrics_url="http://127.0.0.1:8000/metrics",
-                       prometheus_url="http://127.0.0.1:9090", model="m", tokenizer_dir=bp.ROOT / "var" / "model")
+                       prometheus_url="http://127.0.0.1:9090", model="m", tokenizer_dir=ROOT / "var" / "model")
     w = bp.throughput_workload(quick=True)
-    vb = bp.vllm_bench_command(target, w, bp.ROOT / "var" / "x")
+    vb = bp.vllm_bench_command(target, w, ROOT / "var" / "x")
     assert vb[vb.index("--base-url") + 1] == "http://127.0.0.1:8001"
     assert vb[vb.index("--max-concurrency") + 1] == str(w.concurrency)
     assert "--ignore-eos" in vb
     scenario = bp.guidellm_scenario(target, prompt_tokens=w.prompt_tokens, output_tokens=w.output_tokens,
                                     profile={"kind": "concurrent", "streams": [w.concurrency]}, constraints=[],
-                                    out_json=bp.ROOT / "x.json", slo_ttft_ms=1000)
+                                    out_json=ROOT / "x.json", slo_ttft_ms=1000)
     assert scenario["spec"]["backend"]["target"] == "http://127.0.0.1:8001"
     assert scenario["spec"]["metrics"]["slo"] == {"ttft_ms": 1000}
-    ap = bp.aiperf_base(target, w.prompt_tokens, w.output_tokens, bp.ROOT / "x")
+    ap = bp.aiperf_base(target, w.prompt_tokens, w.output_tokens, ROOT / "x")
     assert ap[ap.index("--url") + 1] == "http://127.0.0.1:8001"
     assert ap[ap.index("--server-metrics") + 1] == "http://127.0.0.1:8000/metrics"
     assert ap[ap.index("--extra-inputs") + 1] == "ignore_eos:true"

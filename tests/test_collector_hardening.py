@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import requests
 from aiohttp import web
-from bench_proxy import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loadgen.procs import free_port
 from tests.collector_support import collector_process, metric_samples, metric_sum, read_stream, serve_app
 
 MODEL = "scripted-model"

@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from bench_proxy import free_port
 
+from loadgen.procs import free_port
 from tests.conftest import ROOT
 
 LAUNCHER = ROOT / "scripts" / "native_stack.py"

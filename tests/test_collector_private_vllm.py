@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 import requests
-from bench_proxy import StartError, free_port, running
 
-import native_stack
+from loadgen import native_stack
+from loadgen.procs import StartError, free_port, running
 from tests.collector_support import OtlpReceiver, ReceivedSpan, collector_process, read_stream
 from tests.conftest import Stack
 

@@ -32,8 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
-import native_stack
-from loadgen import k6_runner
+from loadgen import k6_runner, native_stack
 from tests.conftest import Stack
 
 ROOT = Path(__file__).resolve().parent.parent

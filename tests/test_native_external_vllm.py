@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from bench_proxy import free_port
 
+from loadgen.procs import free_port
 from loadgen.settings import service_url
 from tests.conftest import ROOT, Stack
 

@@ -16,8 +16,9 @@ import pytest
 import requests
 from tokenizers import Tokenizer
 
-import native_stack
-from loadgen import smoke
+from loadgen import native_stack, smoke
+from loadgen.procs import free_port, port_in_use
+from loadgen.settings import read_settings
 from tests.conftest import ROOT, Stack
 
 
@@ -36,14 +37,8 @@ def busy_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_settings_come_from_env_example_and_environment_overrides() -> None:
-    settings = native_stack.read_settings({"VLLM_PORT": "18000"})
+    settings = read_settings({"VLLM_PORT": "18000"})
     assert settings["VLLM_PORT"] == "18000"
     assert settings["BIND_ADDRESS"] == "127.0.0.1"
     assert settings["MODEL"] == "Qwen/Qwen3-8B"
@@ -52,14 +47,14 @@ def test_settings_come_from_env_example_and_environment_overrides() -> None:
 
 
 def test_port_in_use_is_named_and_nothing_starts(scratch_var: Path, busy_port: int) -> None:
-    settings = native_stack.read_settings({"NODE_EXPORTER_PORT": str(busy_port)})
+    settings = read_settings({"NODE_EXPORTER_PORT": str(busy_port)})
     with pytest.raises(native_stack.StackError, match=f"node-exporter: port 127.0.0.1:{busy_port} is already in use"):
         native_stack.up(settings, only=["node-exporter"])
     assert not list(scratch_var.glob("run/*.pid"))
 
 
 def test_missing_package_is_named(scratch_var: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = native_stack.read_settings({"NODE_EXPORTER_PORT": str(free_port())})
+    settings = read_settings({"NODE_EXPORTER_PORT": str(free_port())})
     real_services = native_stack.services
 
     def without_binary(s: dict[str, str]) -> list[native_stack.Service]:
@@ -76,7 +71,7 @@ def test_missing_package_is_named(scratch_var: Path, monkeypatch: pytest.MonkeyP
 def test_service_that_dies_at_start_is_reported_and_the_rest_stopped(
     scratch_var: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = native_stack.read_settings(
+    settings = read_settings(
         {"NODE_EXPORTER_PORT": str(free_port()), "ALERTMANAGER_PORT": str(free_port())}
     )
     real_services = native_stack.services
@@ -93,7 +88,7 @@ def test_service_that_dies_at_start_is_reported_and_the_rest_stopped(
         native_stack.up(settings, only=["node-exporter", "alertmanager"])
     # node exporter had started; it must have been stopped again
     assert native_stack.recorded_pid("node-exporter") is None
-    assert not native_stack.port_in_use("127.0.0.1", int(settings["NODE_EXPORTER_PORT"]))
+    assert not port_in_use("127.0.0.1", int(settings["NODE_EXPORTER_PORT"]))
 
 
 def test_down_on_a_stopped_stack_says_so_and_exits_zero(tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ import promql_parser
 import pytest
 import yaml
 
-import native_stack  # scripts/ is on sys.path (conftest.py)
+from loadgen import native_stack
+from loadgen.settings import read_settings
 from loadgen.thresholds import load_thresholds
 from tests.prometheus_checks import (
     ALERTS_FILE,
@@ -73,7 +74,7 @@ def test_compose_mode_config_is_valid() -> None:
 def test_native_mode_files_are_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What scripts/local renders into var/prometheus: Prometheus config and Alertmanager config."""
     monkeypatch.setattr(native_stack, "VAR", tmp_path)
-    settings = native_stack.read_settings()
+    settings = read_settings()
     native_stack.write_prometheus_dir(settings)
     result = promtool("check", "config", tmp_path / "prometheus" / "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
