@@ -47,10 +47,21 @@ def external_vllm(settings: Mapping[str, str]) -> str | None:
     return url or None
 
 
+# A service reached at a URL of its own instead of BIND_ADDRESS:PORT: the compose loadgen service sets
+# these to service names, a client host to another box's stack (VLLM_URL also means native mode runs
+# beside that vLLM: see external_vllm).
+URL_SETTINGS = {"COLLECTOR_PORT": "COLLECTOR_URL", "PROMETHEUS_PORT": "PROMETHEUS_URL",
+                "GRAFANA_PORT": "GRAFANA_URL"}
+
+
 def service_url(settings: Mapping[str, str], port_key: str) -> str | None:
-    """http://BIND_ADDRESS:PORT of one service (None: no such port setting); vLLM's is VLLM_URL when set."""
+    """http://BIND_ADDRESS:PORT of one service (None: no such port setting); vLLM's is VLLM_URL when set,
+    the collector's, Prometheus's and Grafana's COLLECTOR_URL, PROMETHEUS_URL and GRAFANA_URL."""
     if port_key == "VLLM_PORT" and external_vllm(settings):
         return external_vllm(settings)  # the stack runs beside an external vLLM
+    url = settings.get(URL_SETTINGS.get(port_key, ""), "").strip().rstrip("/")
+    if url:
+        return url
     port = settings.get(port_key)
     return f"http://{settings.get('BIND_ADDRESS', '127.0.0.1')}:{port}" if port else None
 
