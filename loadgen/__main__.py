@@ -4,6 +4,8 @@
   capstone  the seed checklist (1, 5, 20 concurrent users, short steps) and its envelope report
   report    re-render RUN_DIR's report from its raw data (no load is sent)
   smoke     the seed checklist as a quick table (no k6, no report)
+  snapshot  a Grafana snapshot of one dashboard with its data, and its panels as PNGs
+            (python -m loadgen snapshot --help)
 
 Exit codes: 0 done, 2 bad input (nothing sent), 3 partial (finished steps and a partial report kept).
 """
@@ -211,6 +213,11 @@ def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["snapshot"]:  # its own parser, options and exit codes
+        from loadgen.grafana_snapshot import main as snapshot_main
+
+        return snapshot_main(argv[1:])
     settings = read_settings()
     parser = argparse.ArgumentParser(prog="python -m loadgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -230,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", default="var/reports", help="folder for results")
     p.set_defaults(func=cmd_smoke)
+    sub.add_parser("snapshot", add_help=False, help="Grafana snapshot + panel PNGs of a dashboard (snapshot --help)")
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code
