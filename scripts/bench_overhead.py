@@ -1,82 +1,20 @@
 #!/usr/bin/env python3
-"""Collector overhead against direct access to vLLM, interleaved: the same streaming requests straight to
-vLLM and through the collector, round after round, at each concurrency. Reports output tok/s (the
-collector's as a share of direct) and p50 TTFT (the collector's minus direct) with each round's figures.
+"""Collector overhead against direct access to vLLM, interleaved.
 
     python scripts/bench_overhead.py --direct http://127.0.0.1:8000 --collector http://127.0.0.1:8001 \\
         --model NAME [--concurrency 64 128 256] [--rounds 3] [--max-tokens 256] [--requests-per-stream 2]
 
-Traffic goes only to the two URLs given (the stack's own services on 127.0.0.1).
+The code is loadgen.bench.overhead.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
-import statistics
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_proxy import run_round  # the proxy benchmark's load client: one for both
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo, when run without an install
 
-
-@dataclass(frozen=True)
-class Round:
-    target: str
-    concurrency: int
-    tok_s: float
-    ttft_p50_s: float
-    errors: int
-
-
-def one_round(url: str, model: str, concurrency: int, max_tokens: int, per_stream: int, target: str) -> Round:
-    wall, results = asyncio.run(run_round(url + "/v1/chat/completions", concurrency, per_stream, model, max_tokens))
-    ttfts = [r.ttft for r in results if r.ttft is not None]
-    return Round(target, concurrency, sum(r.tokens for r in results) / wall,
-                 statistics.median(ttfts) if ttfts else float("nan"), sum(not r.ok for r in results))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--direct", required=True)
-    parser.add_argument("--collector", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--requests-per-stream", type=int, default=2)
-    parser.add_argument("--json", help="also write every round here")
-    args = parser.parse_args(argv)
-    rounds: list[Round] = []
-    for concurrency in args.concurrency:
-        for number in range(args.rounds):
-            # alternate which goes first, so drift of the server does not favour one side
-            order = [("direct", args.direct), ("collector", args.collector)]
-            for target, url in order if number % 2 == 0 else order[::-1]:
-                r = one_round(url, args.model, concurrency, args.max_tokens, args.requests_per_stream, target)
-                rounds.append(r)
-                print(f"{concurrency:>4} streams round {number + 1} {target:<9} {r.tok_s:9,.0f} tok/s  "
-                      f"p50 TTFT {r.ttft_p50_s * 1000:7.1f} ms  errors {r.errors}", flush=True)
-    print("\n| streams | direct tok/s | collector tok/s | collector / direct (rounds) | p50 TTFT direct ms | "
-          "p50 TTFT collector - direct ms (rounds) |\n|---|---|---|---|---|---|")
-    for concurrency in args.concurrency:
-        direct = [r for r in rounds if r.concurrency == concurrency and r.target == "direct"]
-        proxied = [r for r in rounds if r.concurrency == concurrency and r.target == "collector"]
-        ratios = [p.tok_s / d.tok_s for d, p in zip(direct, proxied, strict=True)]
-        deltas = [(p.ttft_p50_s - d.ttft_p50_s) * 1000 for d, p in zip(direct, proxied, strict=True)]
-        direct_ttft_ms = statistics.median(r.ttft_p50_s for r in direct) * 1000
-        print(f"| {concurrency} | {statistics.median(r.tok_s for r in direct):,.0f} | "
-              f"{statistics.median(r.tok_s for r in proxied):,.0f} | {statistics.median(ratios):.3f} "
-              f"({', '.join(f'{x:.3f}' for x in ratios)}) | {direct_ttft_ms:.1f} "
-              f"| {statistics.median(deltas):+.1f} ({', '.join(f'{x:+.1f}' for x in deltas)}) |")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump([r.__dict__ for r in rounds], handle, indent=1)
-    return 0
-
+from loadgen.bench.overhead import main
 
 if __name__ == "__main__":
     raise SystemExit(main())
