@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen import diagnosis, knee
+from loadgen import diagnosis, knee, rate_mode
 from loadgen.plan import Plan, plan_from_dict
 from loadgen.thresholds import load_thresholds
 
@@ -18,7 +18,7 @@ HOST_CPU_SATURATED = diagnosis.HOST_CPU_SATURATED
 
 @dataclass
 class Row:
-    concurrency: int
+    concurrency: float  # users; in a rate sweep, offered requests/s
     output_tok_s: float | None
     vllm_tok_s: float | None
     user_tok_s: float | None
@@ -145,6 +145,10 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
         prefix = f"{format(before, fmt)} at {_n_users(cg or 0)} -> " if (good and before is not None) else ""
         return f"{label}: {prefix}{'n/a' if after is None else format(after, fmt)} at {_n_users(cb)}"
 
+    client_cap, drop_evidence = rate_mode.drop_cause(bad)  # a rate step that dropped arrivals
+    evidence += drop_evidence
+    if client_cap is not None:
+        return client_cap, evidence
     if bad.get("hard_stop") and "memory" in str(bad["hard_stop"]):
         evidence.append(str(bad["hard_stop"]))
         return "host memory: MemAvailable fell under the watchdog floor (unified memory would freeze the box)", evidence
@@ -317,7 +321,7 @@ def analyse(results: dict[str, Any]) -> Analysis:
             slo_ok=step["slo"]["ok"], broken=step["slo"]["broken"],
             signals=step_signals(step, thresholds, host_cpu_counts)))
     outcomes = [knee.Outcome(s["concurrency"], s["slo"]["ok"], s.get("hard_stop")) for s in steps]
-    found = knee.find_knee(plan, outcomes)
+    found = rate_mode.find_knee(plan, outcomes) if rate_mode.is_rate(plan) else knee.find_knee(plan, outcomes)
     by_c = {s["concurrency"]: s for s in steps}
     flags, client_signals = _flags(steps, results)
     first_signal = next((f"{_n_users(r.concurrency)}: {', '.join(r.signals)}" for r in rows if r.signals), None)
@@ -373,11 +377,15 @@ def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[s
     return flags, client_signals
 
 
-def _users(n: int) -> str:
+def _users(n: float) -> str:
+    if isinstance(n, float):  # a rate sweep's step: offered requests/s (loadgen/rate_mode.py)
+        return f"{n:g} requests/s offered (open loop)"
     return f"{n} concurrent user" + ("" if n == 1 else "s")
 
 
-def _n_users(n: int) -> str:
+def _n_users(n: float) -> str:
+    if isinstance(n, float):
+        return f"{n:g} req/s"
     return f"{n} user" + ("" if n == 1 else "s")
 
 
@@ -409,9 +417,10 @@ def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str,
         # Streaming speed after the first token, and the aggregate shared out over the users (the
         # latter includes the wait for the first token): two different figures, both named.
         source = "" if row.user_tok_s_source == "client" else ", by vLLM's clock"
+        shared = (f"{row.output_tok_s / row.concurrency:,.0f} tok/s per user averaged over whole requests, "
+                  if isinstance(row.concurrency, int) else "")  # a rate step has no fixed number of users
         user = (f"each user streams at about {row.user_tok_s:,.0f} tok/s once the answer starts{source} "
-                f"({row.output_tok_s / row.concurrency:,.0f} tok/s per user averaged over whole requests, {agg} in "
-                "total)")
+                f"({shared}{agg} in total)")
     else:
         user = f"the users share {agg}"
     head = (f"At up to {_users(found.concurrency)} with outputs up to {outputs} tokens{prompt_text}, "
@@ -422,4 +431,4 @@ def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str,
                        f"{_users(found.concurrency)}{partial}.") + tail
     where = (f"at {_n_users(found.first_bad)}" if found.refined else
              f"the SLO broke at {_n_users(found.first_bad)}; the knee lies between, not refined further")
-    return head + f". Above {found.concurrency} ({where}): {cause}." + tail
+    return head + f". Above {found.concurrency:g} ({where}): {cause}." + tail

@@ -223,12 +223,12 @@ def wait_sentence(wait: Wait) -> str:
 # ------------------------------------------------------------------ the throughput knee
 @dataclass(frozen=True)
 class ThroughputKnee:
-    peak_concurrency: int
+    peak_concurrency: float
     peak_tok_s: float
-    collapse: list[tuple[int, float, float]]  # (concurrency, tok/s, change vs peak) above the peak, falling
+    collapse: list[tuple[float, float, float]]  # (concurrency, tok/s, change vs peak) above the peak, falling
 
 
-def throughput_knee(points: list[tuple[int, float]]) -> ThroughputKnee | None:
+def throughput_knee(points: list[tuple[float, float]]) -> ThroughputKnee | None:
     """Peak of aggregate throughput over concurrency and the steps above it that fell below it."""
     points = sorted((c, t) for c, t in points if t is not None)
     if len(points) < 2:
@@ -246,10 +246,10 @@ class UslFit:
     kappa: float | None = None  # coherency (crosstalk)
     lam: float | None = None  # throughput of one user
     peak_n: float | None = None  # N* = sqrt((1 - sigma) / kappa)
-    residuals: list[tuple[int, float]] | None = None  # (concurrency, measured / fitted - 1)
+    residuals: list[tuple[float, float]] | None = None  # (concurrency, measured / fitted - 1)
 
 
-def usl_fit(points: list[tuple[int, float]]) -> UslFit:
+def usl_fit(points: list[tuple[float, float]]) -> UslFit:
     """Universal Scalability Law X(N) = lam N / (1 + sigma (N - 1) + kappa N (N - 1)), fitted by least
     squares on its linear form N/C(N) - 1 = sigma (N - 1) + kappa N (N - 1), with C(N) = X(N) / lam and
     lam the one-user throughput."""

@@ -71,7 +71,7 @@ class StepRun:
 @dataclass(frozen=True)
 class StepSpec:
     run_id: str
-    step: int
+    step: float  # users; in a rate sweep, requests/s
     vus: int
     duration_s: float
     target: str
@@ -82,6 +82,8 @@ class StepSpec:
     request_timeout_s: float
     remote_write_url: str | None
     api_key: str | None = None
+    script: Path | None = None  # default: the closed loop (SCRIPT); open loop: loadgen/k6/open-loop.js
+    extra: dict[str, Any] = field(default_factory=dict)  # more settings for the script's config file
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
@@ -112,7 +114,7 @@ def run_step(spec: StepSpec, work_dir: Path, watchdog: Callable[[], str | None] 
         "step": spec.step, "vus": spec.vus, "duration_s": round(spec.duration_s, 3), "target": spec.target,
         "model": spec.model, "prompt": prompt_text(spec.prompt_words), "max_tokens": spec.max_tokens,
         "ignore_eos": spec.ignore_eos, "request_timeout_s": int(spec.request_timeout_s),
-        "summary_path": str(summary_path), "api_key": spec.api_key,
+        "summary_path": str(summary_path), "api_key": spec.api_key, **spec.extra,
     }
     config_path.write_text(json.dumps(config, indent=1))
     command = [str(k6_binary()), "run", "--quiet", "--no-usage-report", "--log-format=raw",
@@ -122,7 +124,7 @@ def run_step(spec: StepSpec, work_dir: Path, watchdog: Callable[[], str | None] 
         command += ["-o", "experimental-prometheus-rw"]
         env.update(K6_PROMETHEUS_RW_SERVER_URL=spec.remote_write_url, K6_PROMETHEUS_RW_TREND_STATS=TREND_STATS,
                    K6_PROMETHEUS_RW_PUSH_INTERVAL="5s")
-    command.append(str(SCRIPT))
+    command.append(str(spec.script or SCRIPT))
     started = time.time()
     stderr_path = work_dir / f"step-{spec.step}-k6.log"
     cpu_s = 0.0

@@ -19,7 +19,7 @@ from loadgen.plan import Plan
 
 @dataclass(frozen=True)
 class Outcome:
-    concurrency: int
+    concurrency: float  # users; in a rate sweep, requests/s (loadgen/rate_mode.py)
     slo_ok: bool
     hard_stop: str | None = None  # a reason that forbids climbing higher
     tok_s: float | None = None  # aggregate output throughput of the step
@@ -42,12 +42,12 @@ def capacity_limit(kv_cache_tokens: float | None, tokens_per_request: float | No
 
 @dataclass(frozen=True)
 class Knee:
-    concurrency: int | None  # None: even the lowest step broke the SLO
-    first_bad: int | None  # None: the SLO never broke (the knee is at least `concurrency`)
+    concurrency: float | None  # None: even the lowest step broke the SLO
+    first_bad: float | None  # None: the SLO never broke (the knee is at least `concurrency`)
     refined: bool  # first_bad - knee is within the plan's resolution
 
 
-def _bounds(outcomes: list[Outcome]) -> tuple[int, int | None]:
+def _bounds(outcomes: list[Outcome]) -> tuple[float, float | None]:
     bad = [o.concurrency for o in outcomes if not o.slo_ok]
     first_bad = min(bad) if bad else None
     good = [o.concurrency for o in outcomes if o.slo_ok and (first_bad is None or o.concurrency < first_bad)]
@@ -67,7 +67,7 @@ def throughput_fell(outcomes: list[Outcome]) -> bool:
 def _climbing_stopped(plan: Plan, outcomes: list[Outcome]) -> bool:
     if any(o.hard_stop for o in outcomes) or throughput_fell(outcomes):
         return True
-    trailing_bad, highest = 0, 0
+    trailing_bad, highest = 0, 0.0
     for outcome in outcomes:  # in the order they ran; only steps above all earlier ones are climbing
         if outcome.concurrency > highest:
             highest = outcome.concurrency
@@ -75,7 +75,7 @@ def _climbing_stopped(plan: Plan, outcomes: list[Outcome]) -> bool:
     return trailing_bad >= plan.stop.slo_broken_steps
 
 
-def _resolved(plan: Plan, last_good: int, first_bad: int) -> bool:
+def _resolved(plan: Plan, last_good: float, first_bad: float) -> bool:
     return first_bad - last_good <= max(1, math.floor(plan.search.resolution * last_good))
 
 
@@ -99,7 +99,7 @@ def next_concurrency(plan: Plan, outcomes: list[Outcome], server_limit: int = FA
     last_good, first_bad = _bounds(outcomes)
     if not plan.search.enabled or first_bad is None or _resolved(plan, last_good, first_bad):
         return None
-    middle = (last_good + first_bad) // 2
+    middle = int((last_good + first_bad) // 2)
     if middle <= last_good or middle in tested:
         return None
     return middle

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from loadgen.arrivals import Arrival, Mix, WorkloadError, length_from_dict, parse_arrival, parse_mix
+
 PLANS_DIR = Path(__file__).resolve().parent / "plans"
 PROFILES_FILE = PLANS_DIR / "profiles.yaml"
 
@@ -34,6 +36,7 @@ class Search:
     max_concurrency: int | None = None  # None: bounded by the server's KV capacity (knee.capacity_limit)
     resolution: float = 0.25
     max_steps: int = 14
+    max_rate: float | None = None  # mode rate: the climb's cap in requests/s
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,11 @@ class Plan:
     stop: Stop = field(default_factory=Stop)
     slo: dict[str, float] = field(default_factory=dict)
     hardware: Hardware = field(default_factory=Hardware)
+    # mode "rate": open-loop steps by arrival rate (requests/s), see loadgen/arrivals.py
+    mode: str = "concurrency"
+    rates: tuple[float, ...] = ()
+    arrival: Arrival = field(default_factory=Arrival)
+    mix: Mix | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,6 +161,7 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
             _number(f"{source}: {key}", data[key], minimum=0 if key == "warmup_s" else 1)
     if "max_steady_s" in data and "steady_s" in data and data["max_steady_s"] < data["steady_s"]:
         raise PlanError(f"{source}: max_steady_s: must be >= steady_s ({data['steady_s']}), got {data['max_steady_s']}")
+    mode, rates, arrival, mix = _workload(source, data)
     return Plan(
         name=str(data.get("name", Path(source).stem)),
         profile=_profile(source, data.get("profile", "short-chat")),
@@ -166,7 +175,39 @@ def parse_plan(data: Any, source: str = "plan") -> Plan:
         stop=stop,
         slo={k: float(v) for k, v in slo.items()},
         hardware=hardware,
+        mode=mode, rates=rates, arrival=arrival, mix=mix,
     )
+
+
+def _workload(source: str, data: dict[str, Any]) -> tuple[str, tuple[float, ...], Arrival, Mix | None]:
+    """mode, rates, arrival and mix (open-loop rate steps and request mixes: loadgen/arrivals.py)."""
+    mode = data.get("mode", "concurrency")
+    if mode not in ("concurrency", "rate"):
+        raise PlanError(f"{source}: mode: must be concurrency or rate, got {mode!r}")
+    rates = data.get("rates") or []
+    rates = list(rates) if isinstance(rates, tuple) else rates  # a recorded plan (asdict keeps tuples)
+    if mode == "rate":
+        if not isinstance(rates, list) or not rates:
+            raise PlanError(f"{source}: rates: mode rate needs a non-empty list of requests/s, got {rates!r}")
+        for i, rate in enumerate(rates):
+            _number(f"{source}: rates[{i}]", rate, minimum=0.001)
+        if rates != sorted(set(rates)):
+            raise PlanError(f"{source}: rates: must rise strictly (seed rates run in order), got {rates!r}")
+        max_rate = (data.get("search") or {}).get("max_rate")
+        if max_rate is not None:
+            _number(f"{source}: search.max_rate", max_rate, minimum=0.001)
+    elif rates:
+        raise PlanError(f"{source}: rates: only with mode: rate (this plan's mode is {mode})")
+    try:
+        arrival = parse_arrival(data.get("arrival"))
+        mix = parse_mix(data["mix"]) if data.get("mix") else None
+    except WorkloadError as error:
+        raise PlanError(f"{source}: {error}") from None
+    # A recorded closed-loop plan carries the default arrival: only a set one is refused.
+    for key, value in (("arrival", arrival != Arrival()), ("mix", mix is not None)):
+        if mode != "rate" and value:
+            raise PlanError(f"{source}: {key}: only with mode: rate (this plan's mode is {mode})")
+    return mode, tuple(float(r) for r in rates), arrival, mix
 
 
 def load_plan(path: Path | str) -> Plan:
@@ -191,4 +232,15 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
     profile = data.pop("profile")
     data["profile"] = dict(profile)
     data["steps"] = list(data["steps"])
+    data["rates"] = list(data.get("rates") or [])
+    if data.get("mix"):  # asdict wrote the lengths whole; the parser reads them back field by field
+        data["mix"] = {**data["mix"], **{k: _length_dict(data["mix"][k]) for k in ("prompt_words", "output_tokens")}}
+    if data.get("arrival"):
+        data["arrival"] = {**data["arrival"], "bursts": list(data["arrival"].get("bursts") or [])}
     return parse_plan(data, "results.json plan")
+
+
+def _length_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    length = length_from_dict(raw)
+    return {k: v for k, v in asdict(length).items() if v is not None and v != ()} | (
+        {"bins": [list(b) for b in length.bins]} if length.bins else {})

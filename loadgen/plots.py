@@ -26,7 +26,7 @@ def _mark_knee(ax: Any, analysis: Analysis) -> None:
     """Knee as a dashed line; the stretch where the SLO breaks (knee .. first bad) and beyond shaded."""
     if analysis.knee.concurrency:
         ax.axvline(analysis.knee.concurrency, color=COLORS["knee"], linestyle="--", linewidth=1.5,
-                   label=f"knee: {analysis.knee.concurrency} users")
+                   label=f"knee: {analysis.knee.concurrency:g} {'req/s' if _is_rate(analysis) else 'users'}")
     if analysis.knee.first_bad:
         highest = max(r.concurrency for r in analysis.rows)
         ax.axvspan(analysis.knee.concurrency or analysis.knee.first_bad / 2, analysis.knee.first_bad,
@@ -40,7 +40,8 @@ def _mark_peak(ax: Any, analysis: Analysis) -> None:
     peak = analysis.throughput_knee
     if peak is None:
         return
-    label = f"throughput peak: {peak.peak_tok_s:,.0f} tok/s at {peak.peak_concurrency} users"
+    label = (f"throughput peak: {peak.peak_tok_s:,.0f} tok/s at {peak.peak_concurrency:g} "
+             + ("req/s" if _is_rate(analysis) else "users"))
     if peak.collapse:
         c, _, change = peak.collapse[-1]
         label += f" ({change:+.0%} at {c})"
@@ -60,7 +61,7 @@ def _mark_broken(ax: Any, analysis: Analysis, values: list[float]) -> None:
                    linewidths=1.8, zorder=5)
 
 
-def _spaced(xs: list[int], log: bool, min_gap: float = 0.06) -> list[int]:
+def _spaced(xs: list[float], log: bool, min_gap: float = 0.06) -> list[float]:
     """The ticks to label: no two closer than min_gap of the axis span (320/368/416/512 overlap)."""
     if len(xs) < 2:
         return xs
@@ -75,6 +76,11 @@ def _spaced(xs: list[int], log: bool, min_gap: float = 0.06) -> list[int]:
     return [xs[i] for i in kept]
 
 
+def _is_rate(analysis: Analysis) -> bool:
+    """A rate sweep's steps are offered rates (floats, requests/s), a closed loop's are users (ints)."""
+    return any(isinstance(r.concurrency, float) for r in analysis.rows)
+
+
 def _concurrency_axis(ax: Any, analysis: Analysis) -> None:
     xs = sorted({r.concurrency for r in analysis.rows})
     log = bool(xs) and max(xs) / max(min(xs), 1) >= 8
@@ -84,7 +90,7 @@ def _concurrency_axis(ax: Any, analysis: Analysis) -> None:
     ax.set_xticks(xs)
     ax.set_xticklabels([str(x) if x in labelled else "" for x in xs])
     ax.minorticks_off()
-    ax.set_xlabel("concurrent users (closed loop)")
+    ax.set_xlabel("offered rate, requests/s (open loop)" if _is_rate(analysis) else "concurrent users (closed loop)")
     ax.grid(True, alpha=0.3)
 
 
@@ -168,7 +174,7 @@ def ttft_three_ways(analysis: Analysis, path: Path) -> Path:
             ax.bar([x + (i - 1) * width for x in range(len(rows))], values, width, label=name, color=COLORS[who])
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(labels)
-        ax.set_xlabel("concurrent users")
+        ax.set_xlabel("offered requests/s" if _is_rate(analysis) else "concurrent users")
         ax.set_ylabel("milliseconds")
         _value_axis(ax, [p.get_height() for p in ax.patches])
         ax.set_title(f"{q} time to first token, three ways")

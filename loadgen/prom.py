@@ -131,7 +131,7 @@ def collect_step(prom: Prometheus, model: str, start: float, end: float) -> dict
     out: dict[str, dict[str, Any]] = {}
     queries_by_group = step_queries()
     for group, queries in queries_by_group.items():
-        if group in ("counters", "watchdog", "k6", "timeline", "buckets", "labelled"):
+        if group in ("counters", "watchdog", "k6", "timeline", "buckets", "labelled", "lengths"):
             continue
         out[group] = {name: prom.scalar(render(expr, **values), at=end) for name, expr in queries.items()}
     for name, expr in queries_by_group["labelled"].items():

@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from loadgen import diagnosis, knee, plots
+from loadgen import diagnosis, knee, plots, rate_mode
 from loadgen.analysis import Analysis, Row, analyse
 from loadgen.panels import DASHBOARDS
 
@@ -156,6 +156,8 @@ def checks_table(analysis: Analysis) -> dict[str, Any]:
 def capacity_text(results: dict[str, Any]) -> str:
     """What the server says it can hold, and where the climb was bounded."""
     plan_cap = ((results.get("plan") or {}).get("search") or {}).get("max_concurrency")
+    if (results.get("plan") or {}).get("mode") == "rate":
+        return rate_mode.capacity_text(results)
     fill = diagnosis.kv_fill(results)
     if fill is None:
         text = "vLLM did not report its KV-cache capacity (cache_config_info), so no KV bound is known"
@@ -174,10 +176,11 @@ def bend_text(analysis: Analysis) -> str:
     peak = analysis.throughput_knee
     if peak is None:
         return "Fewer than two steps: no throughput curve."
-    text = f"Throughput peaked at {peak.peak_tok_s:,.0f} tok/s at {peak.peak_concurrency} users"
+    unit = "req/s" if isinstance(peak.peak_concurrency, float) else "users"  # a rate sweep's steps are rates
+    text = f"Throughput peaked at {peak.peak_tok_s:,.0f} tok/s at {peak.peak_concurrency:g} {unit}"
     if peak.collapse:
         text += "; above it throughput fell: " + ", ".join(
-            f"{t:,.0f} tok/s at {c} users ({d:+.0%})" for c, t, d in peak.collapse) + "."
+            f"{t:,.0f} tok/s at {c:g} {unit} ({d:+.0%})" for c, t, d in peak.collapse) + "."
     else:
         highest = max(r.concurrency for r in analysis.rows)
         text += (" and did not fall at any higher step tested." if peak.peak_concurrency < highest else
@@ -280,7 +283,12 @@ def render(run_dir: Path) -> tuple[Path, Path]:
         "plan_yaml": yaml.safe_dump(results["plan"], sort_keys=False),
         "provenance_yaml": yaml.safe_dump(provenance, sort_keys=False),
         "csv_name": csv_path.name,
+        "load": rate_mode.load_context(results, steps),  # None for a closed-loop (concurrency) run
     }
+    if context["load"] is not None:  # a rate run's steps are offered rates, not users
+        for value in context.values():
+            if isinstance(value, dict) and value.get("headers") and value["headers"][0] == "concurrency":
+                value["headers"][0] = "offered req/s"
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=jinja2.select_autoescape(["html"]),
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     md = run_dir / "report.md"

@@ -32,7 +32,7 @@ def tokens_in_span(record: dict[str, Any], start: float, end: float) -> float:
     return tokens * overlap / (last - first)
 
 
-def client_step_stats(records: list[dict[str, Any]], start: float, end: float, users: int = 1) -> dict[str, Any]:
+def client_step_stats(records: list[dict[str, Any]], start: float, end: float, users: float = 1) -> dict[str, Any]:
     """Figures for requests that started in the steady window [start, end) (epoch seconds).
 
     When requests outlast the window (fewer started in it than there are users), latency comes from

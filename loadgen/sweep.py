@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import psutil
 from tqdm import tqdm
 
-from loadgen import diagnosis, knee, stats
+from loadgen import diagnosis, knee, rate_mode, stats
 from loadgen.grafana_annotate import Annotator
 from loadgen.k6_runner import StepRun, StepSpec, run_step
 from loadgen.plan import Plan
@@ -104,11 +104,13 @@ class Sweep:
         wanted = 2 * e2e[-1] if e2e else 0.0
         return max(self.plan.steady_s, min(self.plan.max_steady_s, wanted))
 
-    def run_one(self, concurrency: int, bar: tqdm[Any]) -> dict[str, Any]:
+    def run_one(self, concurrency: float, bar: tqdm[Any]) -> dict[str, Any]:
         plan = self.plan
         steady = self.steady_for()
         length = plan.warmup_s + steady
-        spec = StepSpec(run_id=self.results["run_id"], step=concurrency, vus=concurrency, duration_s=length,
+        if rate_mode.is_rate(plan):
+            return self.run_rate(concurrency, bar, steady)
+        spec = StepSpec(run_id=self.results["run_id"], step=concurrency, vus=int(concurrency), duration_s=length,
                         target=self.target, model=self.model, prompt_words=plan.profile.prompt_words,
                         max_tokens=plan.profile.max_tokens, ignore_eos=plan.profile.ignore_eos,
                         request_timeout_s=plan.request_timeout_s, remote_write_url=self.remote_write_url,
@@ -117,7 +119,27 @@ class Sweep:
         run = run_step(spec, self.run_dir / "raw", watchdog=self._watchdog(bar, started, length))
         return self.measure(concurrency, started, run, steady)
 
-    def measure(self, concurrency: int, started: float, run: StepRun, steady: float) -> dict[str, Any]:
+    def run_rate(self, rate: float, bar: tqdm[Any], steady: float) -> dict[str, Any]:
+        """An open-loop step at `rate` requests/s (loadgen/rate_mode.py)."""
+        length = self.plan.warmup_s + steady
+        spec = rate_mode.step_spec(self.plan, self.results["run_id"], rate, length, self.target, self.model,
+                                   self.remote_write_url, self.api_key, self.run_dir / "raw")
+        sampler = rate_mode.QueueSampler(rate_mode.vllm_metrics_url(self.prometheus), self.model)
+        started = time.time()
+        run = run_step(spec, self.run_dir / "raw", watchdog=sampler.wrap(self._watchdog(bar, started, length)))
+        run, dropped = rate_mode.split(run)
+        step = self.measure(rate, started, run, steady)
+        step["mode"] = "rate"
+        if step.get("steady_start") is not None:
+            step["rate"] = rate_mode.rate_figures(self.plan, rate, run.records, dropped, step["steady_start"],
+                                                  step["steady_end"])
+            step["lengths"] = rate_mode.lengths(self.prometheus, self.model, started, time.time())
+            step["queue"] = rate_mode.queue_figures(sampler, self.plan, rate_mode.schedule_zero(run.records + dropped))
+            if "slo" in step:
+                rate_mode.judge_drops(step, self.plan)
+        return step
+
+    def measure(self, concurrency: float, started: float, run: StepRun, steady: float) -> dict[str, Any]:
         plan = self.plan
         step: dict[str, Any] = {"concurrency": concurrency, "started": started, "ended": time.time(),
                                 "status": "done", "missing": [], "hard_stop": None}
@@ -212,9 +234,10 @@ class Sweep:
                    desc="sweep", leave=True)
         status = "complete"
         try:
-            while (concurrency := knee.next_concurrency(
-                    plan, self.outcomes(), diagnosis.server_climb_limit(self.results))) is not None:
-                bar.set_description(f"step {concurrency:>4} users")
+            while (concurrency := (rate_mode.next_rate(plan, self.outcomes()) if rate_mode.is_rate(plan) else
+                                   knee.next_concurrency(plan, self.outcomes(),
+                                                         diagnosis.server_climb_limit(self.results)))) is not None:
+                bar.set_description(f"step {concurrency:>4} {'req/s' if rate_mode.is_rate(plan) else 'users'}")
                 self.results["steps"] = [s for s in self.results["steps"] if s["concurrency"] != concurrency]
                 step = self.run_one(concurrency, bar)
                 self.results["steps"].append(step)
@@ -271,7 +294,9 @@ def _step_line(step: dict[str, Any], verdict: str) -> str:
     client = step.get("client") or {}
     ttft = client.get("ttft_p95_s")
     e2e = client.get("e2e_p95_s")
-    return (f"  {step['concurrency']:>4} users: {client.get('output_tok_s', 0):8.0f} tok/s  "
+    unit = "req/s" if step.get("mode") == "rate" else "users"
+    dropped = f"  dropped {step['rate']['dropped']}" if step.get("rate") else ""
+    return (f"  {step['concurrency']:>4} {unit}: {client.get('output_tok_s', 0):8.0f} tok/s  "
             f"p95 TTFT {'-' if ttft is None else f'{ttft:.3f}'} s  p95 total {'-' if e2e is None else f'{e2e:.2f}'} s"
-            f"  errors {client.get('errors', 0)}  {verdict}"
+            f"  errors {client.get('errors', 0)}{dropped}  {verdict}"
             + (f"  [{'; '.join(step['slo']['broken'])}]" if step.get("slo", {}).get("broken") else ""))

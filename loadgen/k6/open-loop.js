@@ -1,0 +1,170 @@
+// Open-loop streaming chat load for one rate step: request i is sent at its scheduled instant (an
+// arrival schedule drawn by loadgen/arrivals.py, Poisson or gamma gaps, with a fixed seed), whatever
+// happened to the requests before it, so a slow server cannot slow its own arrivals (no coordinated
+// omission). The scheduler is k6's shared-iterations executor: every idle virtual user takes the next
+// request and sleeps until its instant. A request whose instant passed while every user was busy
+// (more than late_tolerance_ms ago) is NOT sent late: it is counted as dropped (llm_dropped, and one
+// record with error "dropped"), like the dropped_iterations of k6's arrival-rate executors.
+//
+// Settings come from LOADGEN_STEP_CONFIG (written by the sweep); the schedule from its
+// schedule_path: one [offset_ms, prompt_words, max_tokens] row per request. One JSON line per
+// request goes to the console (run with --log-format=raw --console-output=FILE).
+import http from 'k6/http';
+import exec from 'k6/execution';
+import { sleep } from 'k6';
+import { SharedArray } from 'k6/data';
+import { Counter, Rate, Trend } from 'k6/metrics';
+
+const cfg = JSON.parse(open(__ENV.LOADGEN_STEP_CONFIG));
+const schedule = new SharedArray('schedule', () => JSON.parse(open(cfg.schedule_path)));
+
+export const options = {
+  scenarios: {
+    step: {
+      executor: 'shared-iterations',
+      vus: Math.max(1, Math.min(cfg.vus, cfg.requests)),
+      iterations: cfg.requests,
+      // The schedule's length, then every request still open may finish.
+      maxDuration: `${Math.ceil(cfg.duration_s + cfg.request_timeout_s + 5)}s`,
+    },
+  },
+  summaryTrendStats: ['min', 'med', 'avg', 'p(90)', 'p(95)', 'p(99)', 'max'],
+  discardResponseBodies: false,
+};
+
+const ttft = new Trend('llm_ttft', true);
+const e2e = new Trend('llm_e2e', true);
+const lateness = new Trend('llm_send_late', true);
+const outputTokens = new Counter('llm_output_tokens');
+const requestOk = new Rate('llm_request_ok');
+const errors = new Counter('llm_errors');
+const dropped = new Counter('llm_dropped');
+
+const headers = { 'Content-Type': 'application/json' };
+if (cfg.api_key) headers.Authorization = `Bearer ${cfg.api_key}`;
+const vocabulary = cfg.vocabulary.split(' ');
+
+function words(n, offset) {
+  const out = new Array(n);
+  for (let i = 0; i < n; i += 1) out[i] = vocabulary[(i + offset) % vocabulary.length];
+  return out.join(' ');
+}
+
+function requestBody(nonce, promptWords, maxTokens) {
+  // The system prompt is the same for every request (vLLM's prefix cache serves it); the nonce
+  // opens the user's message so that nothing after the system prompt is shared.
+  const messages = [];
+  if (cfg.system_prompt) messages.push({ role: 'system', content: cfg.system_prompt });
+  messages.push({ role: 'user', content: `[${nonce}] ${words(promptWords, 0)}` });
+  return JSON.stringify({
+    model: cfg.model,
+    messages,
+    max_tokens: maxTokens,
+    stream: true,
+    stream_options: { include_usage: true },
+    ignore_eos: cfg.ignore_eos,
+    temperature: 0,
+  });
+}
+
+function parseStream(body) {
+  let usage = null;
+  let streamError = null;
+  let contentChunks = 0;
+  let finish = null;
+  for (const line of body.split('\n')) {
+    if (!line.startsWith('data:')) continue;
+    const data = line.slice(5).trim();
+    if (data === '[DONE]' || data === '') continue;
+    let chunk;
+    try {
+      chunk = JSON.parse(data);
+    } catch (e) {
+      streamError = 'bad_chunk';
+      continue;
+    }
+    if (chunk.error) streamError = 'stream_error';
+    if (chunk.usage) usage = chunk.usage;
+    for (const choice of chunk.choices || []) {
+      if (choice.delta && choice.delta.content) contentChunks += 1;
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+  }
+  return { usage, streamError, contentChunks, finish };
+}
+
+function errorKind(res, parsed) {
+  if (res.status === 0) {
+    return res.error_code === 1050 ? 'timeout' : 'connection';
+  }
+  if (res.status >= 500) return 'http_5xx';
+  if (res.status >= 400) return 'http_4xx';
+  if (parsed.streamError) return parsed.streamError;
+  if (!parsed.usage) return 'no_usage';
+  if (parsed.contentChunks === 0 && parsed.finish !== 'stop') return 'empty_stream';
+  return '';
+}
+
+export default function () {
+  const index = exec.scenario.iterationInTest;
+  const [offsetMs, promptWords, maxTokens] = schedule[index];
+  const zero = exec.scenario.startTime + cfg.start_delay_ms;
+  const due = zero + offsetMs;
+  let now = Date.now();
+  if (due > now) {
+    sleep((due - now) / 1000);
+    now = Date.now();
+  }
+  const late = Math.max(0, now - due);
+  if (late > cfg.late_tolerance_ms) {
+    dropped.add(1);
+    console.log(JSON.stringify({
+      step: cfg.step, vu: exec.vu.idInTest, index, zero_ms: zero, scheduled_ms: due, start_ms: due, late_ms: late, ttft_ms: 0,
+      total_ms: 0, status: 0, output_tokens: 0, prompt_tokens: 0, max_tokens: maxTokens, error: 'dropped',
+      dropped: true,
+    }));
+    return;
+  }
+  lateness.add(late);
+  const res = http.post(`${cfg.target}/v1/chat/completions`, requestBody(`${cfg.run_id}-${index}`, promptWords, maxTokens), {
+    headers,
+    timeout: `${cfg.request_timeout_s}s`,
+    tags: { name: 'chat_stream' },
+  });
+  const t = res.timings;
+  const ttftMs = t.blocked + t.connecting + t.tls_handshaking + t.sending + t.waiting;
+  const totalMs = ttftMs + t.receiving;
+  const parsed = res.status === 200 ? parseStream(res.body || '')
+    : { usage: null, streamError: null, contentChunks: 0, finish: null };
+  const kind = errorKind(res, parsed);
+  const tokens = parsed.usage ? parsed.usage.completion_tokens : 0;
+  requestOk.add(kind === '');
+  if (kind === '') {
+    ttft.add(ttftMs);
+    e2e.add(totalMs);
+    outputTokens.add(tokens);
+  } else {
+    errors.add(1, { kind });
+  }
+  console.log(JSON.stringify({
+    step: cfg.step,
+    vu: exec.vu.idInTest,
+    index,
+    zero_ms: zero,
+    scheduled_ms: due,
+    start_ms: now,
+    late_ms: late,
+    ttft_ms: ttftMs,
+    total_ms: totalMs,
+    status: res.status,
+    output_tokens: tokens,
+    prompt_tokens: parsed.usage ? parsed.usage.prompt_tokens : 0,
+    max_tokens: maxTokens,
+    finish_reason: parsed.finish,
+    error: kind,
+  }));
+}
+
+export function handleSummary(data) {
+  return { [cfg.summary_path]: JSON.stringify(data, null, 1) };
+}

@@ -1,0 +1,82 @@
+"""A rate sweep end to end on the live native stack: open-loop Poisson arrivals from k6 at two offered
+rates, a request mix (lognormal lengths, a shared system prompt) and a burst in each step; the report
+shows the mode, offered vs achieved rate, dropped arrivals, the lengths vLLM saw and the queue's drain."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.stack
+
+
+def test_a_short_rate_sweep_reports_offered_vs_achieved_lengths_and_drain(stack: Stack, tmp_path: Path) -> None:
+    plan = {
+        "name": "rate-test", "mode": "rate", "rates": [1, 3], "search": {"enabled": False},
+        "warmup_s": 2, "steady_s": 8, "max_steady_s": 8, "request_timeout_s": 60,
+        "stop": {"error_ratio": 0.5, "slo_broken_steps": 2, "min_host_mem_available_gib": 1},
+        "arrival": {"process": "poisson", "seed": 4, "max_in_flight": 48,
+                    "bursts": [{"at_s": 4, "duration_s": 2, "factor": 4}]},
+        "mix": {"prompt_words": {"dist": "lognormal", "mean": 30, "cv": 0.5, "max": 80},
+                "output_tokens": {"dist": "lognormal", "mean": 48, "cv": 0.5, "min": 8, "max": 160},
+                "system_prompt_words": 60},
+    }
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump(plan))
+    out = tmp_path / "reports"
+    result = subprocess.run([sys.executable, "-m", "loadgen", "sweep", "--plan", str(plan_path), "--target",
+                             stack.collector, "--prometheus", stack.prometheus, "--no-panels", "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = next(out.iterdir())
+    results: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
+    assert results["plan"]["mode"] == "rate" and results["status"] == "complete"
+    steps = {s["concurrency"]: s for s in results["steps"]}
+    assert sorted(steps) == [1.0, 3.0]
+    for rate, step in steps.items():
+        figures = step["rate"]
+        assert step["mode"] == "rate" and step["status"] == "done"
+        assert figures["scheduled"] == figures["sent"] + figures["dropped"] >= 3, figures
+        assert figures["dropped"] == 0, figures  # 48 users are plenty at these rates
+        assert figures["late_p99_ms"] < 50, figures  # sent on time, not late
+        # Offered by the schedule (Poisson count in an 8 s window, plus the burst) vs sent: the same requests.
+        assert 0.3 * rate <= figures["sent_req_s"] <= 4 * rate, figures
+        assert step["client"]["errors"] == 0 and step["client"]["ok"] >= 3
+        # Lengths vLLM saw: its own histograms over the step (other traffic on the shared stack may add).
+        lengths = step["lengths"]
+        assert lengths["prompt_count"] >= figures["sent"] - 1 and lengths["generation_count"] >= 1, lengths
+        assert lengths["prompt_buckets"] and lengths["generation_buckets"]
+        # The queue sampler read vLLM's waiting gauge about once a second, and judged the burst's drain.
+        queue = step["queue"]
+        assert len(queue["samples"]) >= 5 and queue["bursts"][0]["factor"] == 4
+    # ignore_eos: every answer as long as its drawn max_tokens, and the draws follow the mix.
+    records = [json.loads(line) for raw in (run_dir / "raw").glob("step-*-requests.jsonl")
+               for line in raw.read_text().splitlines() if line.startswith("{")]
+    sent = [r for r in records if not r.get("dropped")]
+    assert all(r["output_tokens"] == r["max_tokens"] for r in sent if not r["error"])
+    assert 8 <= min(r["max_tokens"] for r in sent) and max(r["max_tokens"] for r in sent) <= 160
+    assert len({r["max_tokens"] for r in sent}) > 3  # drawn, not fixed
+    vllm_mean = steps[3.0]["lengths"]["generation_sum"] / steps[3.0]["lengths"]["generation_count"]
+    client_mean = statistics.fmean(r["output_tokens"] for r in sent if r["step"] == 3)
+    assert vllm_mean == pytest.approx(client_mean, rel=0.35)
+    with (run_dir / "requests.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(records)
+    report = (run_dir / "report.md").read_text()
+    for text in ("open loop by arrival rate", "## Load: open loop, offered vs achieved", "offered req/s",
+                 "completed ok req/s", "dropped", "Lengths vLLM saw", "queue drained after the burst in",
+                 "Poisson arrivals", "lognormal, mean 30 words", "a shared system prompt of 60 words"):
+        assert text in report, text
+    assert "concurrent users" not in report.split("## Envelope table")[0]
+    html = (run_dir / "report.html").read_text()
+    assert "open loop by arrival rate" in html and "offered vs achieved" in html
