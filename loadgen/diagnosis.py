@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -228,7 +229,7 @@ class ThroughputKnee:
     collapse: list[tuple[float, float, float]]  # (concurrency, tok/s, change vs peak) above the peak, falling
 
 
-def throughput_knee(points: list[tuple[float, float]]) -> ThroughputKnee | None:
+def throughput_knee(points: Sequence[tuple[float, float]]) -> ThroughputKnee | None:
     """Peak of aggregate throughput over concurrency and the steps above it that fell below it."""
     points = sorted((c, t) for c, t in points if t is not None)
     if len(points) < 2:
@@ -249,7 +250,7 @@ class UslFit:
     residuals: list[tuple[float, float]] | None = None  # (concurrency, measured / fitted - 1)
 
 
-def usl_fit(points: list[tuple[float, float]]) -> UslFit:
+def usl_fit(points: Sequence[tuple[float, float]]) -> UslFit:
     """Universal Scalability Law X(N) = lam N / (1 + sigma (N - 1) + kappa N (N - 1)), fitted by least
     squares on its linear form N/C(N) - 1 = sigma (N - 1) + kappa N (N - 1), with C(N) = X(N) / lam and
     lam the one-user throughput."""

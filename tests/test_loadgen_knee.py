@@ -23,7 +23,7 @@ def plan(**overrides: object) -> Plan:
 
 
 def run_search(p: Plan, ok: dict[int, bool] | None = None,
-               hard_stop_at: int | None = None) -> tuple[list[int], knee.Knee]:
+               hard_stop_at: int | None = None) -> tuple[list[float], knee.Knee]:
     """Drive the search with the recorded results (linear interpolation between recorded points)."""
     def measured_ok(c: int) -> bool:
         if ok is not None:

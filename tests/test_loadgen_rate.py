@@ -10,15 +10,18 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
 
-from tests.conftest import Stack
-
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.stack
+
+
+class Stack(Protocol):  # the `stack` fixture (conftest): what this test uses of it
+    collector: str
+    prometheus: str
 
 
 def test_a_short_rate_sweep_reports_offered_vs_achieved_lengths_and_drain(stack: Stack, tmp_path: Path) -> None:

@@ -359,7 +359,9 @@ def fill_loadgen_knee(result: KneeResult, results: dict[str, Any]) -> None:
         from loadgen import analysis  # ours; imported late so the peers still run while it is being built
 
         found = analysis.analyse(results)
-        result.answer, result.first_failing = found.knee.concurrency, found.knee.first_bad
+        # A closed-loop run: its knee is a number of users (a rate sweep's would be requests/s).
+        result.answer = None if found.knee.concurrency is None else int(found.knee.concurrency)
+        result.first_failing = None if found.knee.first_bad is None else int(found.knee.first_bad)
         result.converged = "refined" if found.knee.refined else "not refined"
         result.says_why = found.what_broke_first + (" | " + " | ".join(found.evidence) if found.evidence else "")
     except Exception as error:  # its analysis is under construction: report, do not crash the benchmark
