@@ -8,6 +8,7 @@ the benchmarks and `python -m loadgen` all read them here. This module imports n
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,20 +22,34 @@ VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 BENCH_BIN = ROOT / ".venv-bench" / "bin"
 
 
+def parse_env_file(path: Path, strict: bool = False) -> dict[str, str]:
+    """KEY=VALUE lines of an env file as Compose reads them: comments and blank lines skipped, one pair
+    of matching quotes around a value stripped. STRICT: any other line is a ValueError."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
+            if strict:
+                raise ValueError(f"{path}:{number}: not a KEY=VALUE line: {raw!r}")
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
 def read_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Settings from compose/.env (or .env.example), overridden by the environment; quotes around a
-    value are stripped. Without either file: the environment alone."""
+    """Settings from compose/.env (or .env.example), overridden by the environment. Without either
+    file: the environment alone."""
     environ = os.environ if environ is None else environ
     path = next((p for p in ENV_FILES if p.exists()), None)
     if path is None:
         return dict(environ)
-    settings: dict[str, str] = {}
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        settings[key.strip()] = value.strip().strip('"').strip("'")
+    settings = parse_env_file(path)
     for key in list(settings):
         if key in environ:
             settings[key] = environ[key]

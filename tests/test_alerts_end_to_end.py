@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -25,15 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import alert_webhook
 import pytest
 import requests
 import yaml
 
-from loadgen import native_stack
+from loadgen import alert_webhook, native_stack
+from loadgen.procs import free_port
 from loadgen.settings import APP_PYTHON
-from tests.conftest import Stack
-from tests.prometheus_checks import PROMETHEUS_DIR, RULES_DIR, THRESHOLDS_FILE
+from tests.support.prometheus_checks import PROMETHEUS_DIR, RULES_DIR, THRESHOLDS_FILE
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
 
@@ -85,13 +84,6 @@ def webhook() -> Iterator[Webhook]:
     with alert_webhook.running("127.0.0.1", 0, keep) as server:
         hook.url = f"127.0.0.1:{server.server_address[1]}"
         yield hook
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

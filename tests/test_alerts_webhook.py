@@ -13,12 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import alert_webhook  # scripts/ is on sys.path (conftest.py)
 import pytest
 import requests
 
-from loadgen import native_stack
-from tests.conftest import Stack
+from loadgen import alert_webhook, native_stack
+from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTIFICATION = {

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loadgen.procs import free_port
-from tests.collector_support import collector_process, metric_samples, metric_sum, read_stream, serve_app
+from tests.support.collector import collector_process, metric_samples, metric_sum, read_stream, serve_app
 
 MODEL = "scripted-model"
 KEY = "s3cret"

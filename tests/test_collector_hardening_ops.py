@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from loadgen.procs import free_port
-from tests.conftest import ROOT
+from loadgen.settings import ROOT
 
 LAUNCHER = ROOT / "scripts" / "native_stack.py"
 PYTHON = ROOT / ".venv" / "bin" / "python"

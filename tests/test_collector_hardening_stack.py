@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.collector_support import collector_process, metric_samples, metric_sum, read_stream
-from tests.conftest import Stack
+from tests.support.collector import collector_process, metric_samples, metric_sum, read_stream
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
 KEY = "hardening-key"

@@ -18,8 +18,8 @@ import requests
 
 from loadgen import native_stack
 from loadgen.procs import StartError, free_port, running
-from tests.collector_support import OtlpReceiver, ReceivedSpan, collector_process, read_stream
-from tests.conftest import Stack
+from tests.support.collector import OtlpReceiver, ReceivedSpan, collector_process, read_stream
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
 PROMPT = "A private prompt that must never reach a span"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.collector_support import (
+from tests.support.collector import (
     chunk_text,
     collector_process,
     metric_samples,
@@ -24,7 +24,7 @@ from tests.collector_support import (
     raw_stream_timing,
     read_stream,
 )
-from tests.conftest import Stack
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
 

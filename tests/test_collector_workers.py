@@ -6,8 +6,8 @@ from __future__ import annotations
 import psutil
 import requests
 
-from tests.collector_support import collector_process, metric_samples, metric_sum, read_stream, serve_app
-from tests.test_collector_proxy import MODEL, Scripted
+from tests.support.collector import collector_process, metric_samples, metric_sum, read_stream, serve_app
+from tests.support.scripted_upstream import MODEL, Scripted
 
 REQUESTS = 30
 

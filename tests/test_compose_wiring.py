@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.test_compose_stack import (
+from loadgen.settings import ROOT
+from tests.support.compose import (
     BASE,
     COMPOSE_DIR,
-    ROOT,
     container_ports,
     env_with_secrets,
     load_stack,

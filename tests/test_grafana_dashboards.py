@@ -8,12 +8,9 @@ What a file check cannot show (that each query returns data) is in test_grafana_
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import promql_parser
@@ -21,29 +18,17 @@ import pytest
 import yaml
 
 from loadgen.grafana_snapshot import Window, expand, iter_panels, parse_duration, variable_values
-from tests.promql_names import metric_names, recorded_names
+from tests.support.dashboards import DASHBOARD_FILES, dashboards, load_generator
+from tests.support.promql_names import metric_names, recorded_names
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "grafana"
-DASHBOARD_FILES = sorted((GRAFANA / "dashboards").glob("*.json"))
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "datasources.yaml"
 PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yaml"
 RULES_DIR = ROOT / "prometheus" / "rules"
 RANGE_FUNCTIONS = {"rate", "irate", "increase"}
 # A duration no author would type: after substitution, every range that is not it was hard-coded.
 SENTINEL_RATE_INTERVAL = 4242.0
-
-
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("grafana_dashboards", GRAFANA / "dashboards.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def dashboards() -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in DASHBOARD_FILES]
 
 
 def panel_targets(dashboard: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:

@@ -29,9 +29,9 @@ import pytest
 import requests
 
 from loadgen.grafana_snapshot import Window, expand, iter_panels, query_annotations, query_panels, variable_values
-from tests.conftest import Stack
-from tests.promql_names import dcgm_counter_names, metric_names
-from tests.test_grafana_dashboards import dashboards
+from tests.support.dashboards import dashboards
+from tests.support.promql_names import dcgm_counter_names, metric_names
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,17 +27,11 @@ import requests
 
 from loadgen import grafana_snapshot as gs
 from loadgen.panel_images import draw_panels, format_value
-from tests.conftest import Stack
+from loadgen.procs import free_port
+from tests.support.stack import Stack
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WINDOW_S = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- pure pieces ------------------------------------------------------------------------------------

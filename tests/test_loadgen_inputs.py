@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import yaml
 
 from loadgen.plan import PlanError, load_plan, parse_plan
+from loadgen.procs import free_port
 from loadgen.thresholds import THRESHOLDS_FILE, ThresholdsError, load_thresholds, parse_thresholds, slo_for_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,12 +70,6 @@ def test_thresholds_of_the_wrong_shape_are_refused() -> None:
         parse_thresholds(bad, "t.yml")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _loadgen(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "loadgen", *args], capture_output=True, text=True, timeout=120,
                           cwd=cwd, env={"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent)})
@@ -83,7 +77,7 @@ def _loadgen(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_unreachable_target_is_one_line_before_any_step(tmp_path: Path) -> None:
     out = tmp_path / "reports"
-    result = _loadgen("sweep", "--target", f"http://127.0.0.1:{_free_port()}", "--out", str(out), cwd=tmp_path)
+    result = _loadgen("sweep", "--target", f"http://127.0.0.1:{free_port()}", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: http://127.0.0.1:")

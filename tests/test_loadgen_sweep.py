@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,9 @@ import yaml
 
 from loadgen.analysis import analyse, waiting_peak
 from loadgen.probe import probe_target
+from loadgen.procs import free_port
 from loadgen.prom import Prometheus, render, step_queries
-from tests.conftest import Stack
+from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.stack
@@ -258,17 +258,11 @@ def test_ctrl_c_and_k6_crash_keep_finished_steps_and_resume_continues(stack: Sta
     assert sum("resumed" in n for n in final["notes"]) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_prometheus_going_away_mid_sweep_gives_a_partial_report(stack: Stack, tmp_path: Path) -> None:
     """A second, real Prometheus (scraping the same vLLM and node exporter) that is stopped after step 1."""
     binary = shutil.which("prometheus")
     assert binary, "the Debian prometheus package is part of the native stack"
-    port = _free_port()
+    port = free_port()
     config = {"global": {"scrape_interval": "5s"}, "scrape_configs": [
         {"job_name": "vllm", "static_configs": [{"targets": [stack.vllm.removeprefix("http://")]}]},
         {"job_name": "node-exporter", "static_configs": [{"targets": [stack.node_exporter.removeprefix("http://")]}]},

@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from loadgen.procs import free_port
-from loadgen.settings import service_url
-from tests.conftest import ROOT, Stack
+from loadgen.settings import ROOT, service_url
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
 LAUNCHER = ROOT / "scripts" / "native_stack.py"

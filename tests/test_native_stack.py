@@ -18,8 +18,8 @@ from tokenizers import Tokenizer
 
 from loadgen import native_stack, smoke
 from loadgen.procs import free_port, port_in_use
-from loadgen.settings import read_settings
-from tests.conftest import ROOT, Stack
+from loadgen.settings import ROOT, read_settings
+from tests.support.stack import Stack
 
 
 @pytest.fixture

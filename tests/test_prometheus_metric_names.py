@@ -13,14 +13,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import prometheus_slo_rules
 import pytest
 import requests
 import yaml
 
-from tests.conftest import Stack
-from tests.prometheus_checks import DCGM_COUNTERS, RULE_FILES, rule_file_errors
-from tests.promql_names import (
+from loadgen import slo_rules
+from tests.support.prometheus_checks import DCGM_COUNTERS, RULE_FILES, rule_file_errors
+from tests.support.promql_names import (
     PROMETHEUS_SYNTHETIC,
     dcgm_counter_names,
     exposed_names,
@@ -28,6 +27,7 @@ from tests.promql_names import (
     recorded_names,
     rule_expressions,
 )
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
 
@@ -74,7 +74,7 @@ def test_each_source_provides_the_names_the_rules_expect_from_it(stack: Stack) -
 def test_vllm_bucket_bounds_match_the_pinned_vllm(stack: Stack) -> None:
     """The SLO-attainment rules spell out vLLM's buckets: they must be the live server's."""
     text = scrape(stack.vllm)
-    for metric, bounds in prometheus_slo_rules.VLLM_BUCKETS.items():
+    for metric, bounds in slo_rules.VLLM_BUCKETS.items():
         live = [line.split('le="', 1)[1].split('"', 1)[0] for line in text.splitlines()
                 if line.startswith(f"{metric}_bucket{{") and f'model_name="{stack.model}"' in line]
         assert live, f"{metric} not on vLLM's /metrics"
@@ -84,7 +84,7 @@ def test_vllm_bucket_bounds_match_the_pinned_vllm(stack: Stack) -> None:
 def test_collector_bucket_bounds_match_the_rules(stack: Stack) -> None:
     """Same for the collector's buckets, as its live /metrics writes them."""
     text = scrape(stack.collector)
-    for attainment in prometheus_slo_rules.ATTAINMENTS:
+    for attainment in slo_rules.ATTAINMENTS:
         if not attainment.record.startswith("model:collector_"):
             continue
         metric = attainment.buckets.split(":")[1]  # collector_..._bucket

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.promql_names import (
+from tests.support.promql_names import (
     PromQLError,
     dcgm_counter_names,
     exposed_names,

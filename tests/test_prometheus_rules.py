@@ -12,15 +12,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import prometheus_slo_rules
 import promql_parser
 import pytest
 import yaml
 
-from loadgen import native_stack
+from loadgen import native_stack, slo_rules
 from loadgen.settings import read_settings
 from loadgen.thresholds import load_thresholds
-from tests.prometheus_checks import (
+from tests.support.prometheus_checks import (
     ALERTS_FILE,
     PROMETHEUS_DIR,
     RULE_FILES,
@@ -30,7 +29,7 @@ from tests.prometheus_checks import (
     promtool,
     rule_file_errors,
 )
-from tests.promql_names import metric_names, recorded_names
+from tests.support.promql_names import metric_names, recorded_names
 
 COMPONENT_PREFIXES = ("Vllm", "Collector", "Node", "Dcgm", "Prometheus", "Alertmanager")
 COMPARISONS = {">", "<", ">=", "<=", "==", "!="}
@@ -117,8 +116,8 @@ def test_remote_write_receiver_and_exemplars_are_enabled() -> None:
 
 
 def test_slo_attainment_rules_are_generated_from_current_buckets() -> None:
-    assert prometheus_slo_rules.OUTPUT.read_text() == prometheus_slo_rules.render(), (
-        "prometheus/rules/slo-recording.yml is stale: run .venv/bin/python scripts/prometheus_slo_rules.py"
+    assert slo_rules.OUTPUT.read_text() == slo_rules.render(), (
+        "prometheus/rules/slo-recording.yml is stale: run .venv/bin/python scripts/slo_rules.py"
     )
 
 
@@ -157,7 +156,7 @@ def test_checker_names_file_and_line_of_an_unknown_metric(tmp_path: Path) -> Non
 
 def test_checker_passes_the_shipped_rules_given_their_inputs() -> None:
     """Sanity of the checker: with every name the rules read declared known, nothing is reported."""
-    from tests.promql_names import rule_expressions
+    from tests.support.promql_names import rule_expressions
 
     used = {name for path in RULE_FILES for item in rule_expressions(path) for name in metric_names(item.expr)}
     assert rule_file_errors(RULE_FILES, used) == []

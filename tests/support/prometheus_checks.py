@@ -6,9 +6,9 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from tests.promql_names import recorded_names, rule_expressions, unknown_metric_errors
+from loadgen.settings import ROOT
+from tests.support.promql_names import recorded_names, rule_expressions, unknown_metric_errors
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "prometheus"
 RULES_DIR = PROMETHEUS_DIR / "rules"
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))

@@ -27,7 +27,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadgen.procs import free_port, spawn_group, stop_group, wait_ready
 from loadgen.settings import APP_PYTHON
 
-ROOT = Path(__file__).resolve().parent.parent
 PYTHON = APP_PYTHON
 if not PYTHON.exists():
     PYTHON = Path(sys.executable)
