@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from loadgen.grafana_annotate import STEP_ANNOTATION_TAG
+from loadgen.grafana.annotate import STEP_ANNOTATION_TAG
 
 OUT_DIR = Path(__file__).resolve().parent / "dashboards"
 

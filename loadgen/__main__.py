@@ -22,11 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-from loadgen import panels, prom, provenance, report, smoke
-from loadgen.grafana_annotate import Annotator
+from loadgen import prom, provenance, smoke
+from loadgen.grafana import panels
+from loadgen.grafana.annotate import Annotator
 from loadgen.k6_runner import K6Missing, k6_binary
 from loadgen.plan import Plan, PlanError, builtin_profiles, load_plan, parse_plan, plan_from_dict
 from loadgen.probe import TargetError, probe_target, served_model
+from loadgen.report import render
 from loadgen.settings import read_settings, service_url
 from loadgen.sweep import RESULTS, Sweep
 from loadgen.thresholds import ThresholdsError, load_thresholds, slo_for_run
@@ -172,7 +174,7 @@ def finish(sweep: Sweep, run_dir: Path, args: argparse.Namespace, settings: dict
     else:
         results["panels_note"] = "Panel images: none (Prometheus not reachable)"
     sweep.save()
-    md, html = report.render(run_dir)
+    md, html = render.render(run_dir)
     print(f"report: {md}\nreport: {html}")
 
 
@@ -181,7 +183,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not (run_dir / RESULTS).exists():
         print(f"error: {run_dir}: no {RESULTS} (not a sweep run folder)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    md, html = report.render(run_dir)
+    md, html = render.render(run_dir)
     print(f"report: {md}\nreport: {html}")
     return 0
 
@@ -215,7 +217,7 @@ def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["snapshot"]:  # its own parser, options and exit codes
-        from loadgen.grafana_snapshot import main as snapshot_main
+        from loadgen.grafana.snapshot import main as snapshot_main
 
         return snapshot_main(argv[1:])
     settings = read_settings()

@@ -17,11 +17,12 @@ from urllib.parse import urlparse
 import psutil
 from tqdm import tqdm
 
-from loadgen import diagnosis, knee, rate_mode, stats
-from loadgen.grafana_annotate import Annotator
+from loadgen import knee, rate_mode, stats
+from loadgen.grafana.annotate import Annotator
 from loadgen.k6_runner import StepRun, StepSpec, run_step
 from loadgen.plan import Plan
 from loadgen.prom import Prometheus, PrometheusDown, collect_step, generation_rate, step_queries
+from loadgen.report import diagnosis
 
 SCRAPE_SLACK_S = 6.0  # Prometheus scrapes every 5 s: wait one more scrape past the window's end
 RESULTS = "results.json"

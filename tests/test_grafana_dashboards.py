@@ -17,7 +17,7 @@ import promql_parser
 import pytest
 import yaml
 
-from loadgen.grafana_snapshot import Window, expand, iter_panels, parse_duration, variable_values
+from loadgen.grafana.queries import Window, expand, iter_panels, parse_duration, variable_values
 from tests.support.dashboards import DASHBOARD_FILES, dashboards, load_generator
 from tests.support.promql_names import metric_names, recorded_names
 

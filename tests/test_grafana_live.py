@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import requests
 
-from loadgen.grafana_snapshot import Window, expand, iter_panels, query_annotations, query_panels, variable_values
+from loadgen.grafana.queries import Window, expand, iter_panels, query_annotations, query_panels, variable_values
 from tests.support.dashboards import dashboards
 from tests.support.promql_names import dcgm_counter_names, metric_names
 from tests.support.stack import Stack

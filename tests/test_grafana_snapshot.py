@@ -25,8 +25,9 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from loadgen import grafana_snapshot as gs
-from loadgen.panel_images import draw_panels, format_value
+from loadgen.grafana import queries
+from loadgen.grafana import snapshot as gs
+from loadgen.grafana.images import draw_panels, format_value
 from loadgen.procs import free_port
 from tests.support.stack import Stack
 
@@ -38,35 +39,35 @@ WINDOW_S = 300.0
 
 
 def test_expand_substitutes_builtins_and_variables() -> None:
-    window = gs.Window.for_range(1000, 1600, 5)
+    window = queries.Window.for_range(1000, 1600, 5)
     expr = 'rate(x{model=~"$model", i=~"${instance}"}[$__rate_interval]) [$__interval] $__range'
-    assert gs.expand(expr, {"model": "m", "instance": ".*"}, window) == (
+    assert queries.expand(expr, {"model": "m", "instance": ".*"}, window) == (
         'rate(x{model=~"m", i=~".*"}[20s]) [5s] 600s')
-    with pytest.raises(gs.BadInput, match=r"\$nope"):
-        gs.expand("x{a=~\"$nope\"}", {}, window)
+    with pytest.raises(queries.BadInput, match=r"\$nope"):
+        queries.expand("x{a=~\"$nope\"}", {}, window)
 
 
 def test_variable_values_default_to_all_and_reject_unknown_names() -> None:
-    serving = gs.load_dashboard("serving")
-    assert gs.variable_values(serving) == {"model": ".*", "instance": ".*"}
-    assert gs.variable_values(serving, {"model": "m"})["model"] == "m"
-    with pytest.raises(gs.BadInput, match="no variable gpu"):
-        gs.variable_values(serving, {"gpu": "0"})
+    serving = queries.load_dashboard("serving")
+    assert queries.variable_values(serving) == {"model": ".*", "instance": ".*"}
+    assert queries.variable_values(serving, {"model": "m"})["model"] == "m"
+    with pytest.raises(queries.BadInput, match="no variable gpu"):
+        queries.variable_values(serving, {"gpu": "0"})
 
 
 def test_parse_time_and_duration() -> None:
     assert gs.parse_time("now-30m", now=10_000) == 8_200
     assert gs.parse_time("1700000000") == 1_700_000_000
     assert gs.parse_time("2026-01-01T00:00:00Z") == 1_767_225_600
-    assert gs.parse_duration("1m30s") == 90
+    assert queries.parse_duration("1m30s") == 90
     for bad in ("yesterday", "now-5x"):
-        with pytest.raises(gs.BadInput):
+        with pytest.raises(queries.BadInput):
             gs.parse_time(bad)
 
 
 def test_legend_format() -> None:
-    assert gs.legend("vLLM {{ finished_reason }}", {"finished_reason": "length"}) == "vLLM length"
-    assert gs.legend("", {"b": "2", "a": "1"}) == '{a="1", b="2"}'
+    assert queries.legend("vLLM {{ finished_reason }}", {"finished_reason": "length"}) == "vLLM length"
+    assert queries.legend("", {"b": "2", "a": "1"}) == '{a="1", b="2"}'
 
 
 def test_units_read_like_grafana() -> None:
@@ -83,16 +84,16 @@ def test_units_read_like_grafana() -> None:
 
 
 @pytest.fixture(scope="module")
-def real_results(stack: Stack) -> tuple[dict[str, Any], dict[int, list[gs.Series]], float, float]:
+def real_results(stack: Stack) -> tuple[dict[str, Any], dict[int, list[queries.Series]], float, float]:
     end = time.time()
     start = end - WINDOW_S
-    dashboard = gs.load_dashboard("gpu-host")
-    return dashboard, gs.query_panels(dashboard, start, end, stack.prometheus), start, end
+    dashboard = queries.load_dashboard("gpu-host")
+    return dashboard, queries.query_panels(dashboard, start, end, stack.prometheus), start, end
 
 
 @pytest.mark.stack
 def test_payload_panels_carry_the_query_results_as_data_frames(
-        real_results: tuple[dict[str, Any], dict[int, list[gs.Series]], float, float], stack: Stack) -> None:
+        real_results: tuple[dict[str, Any], dict[int, list[queries.Series]], float, float], stack: Stack) -> None:
     dashboard, series_by_panel, start, end = real_results
     payload = gs.build_snapshot_payload(dashboard, series_by_panel, start, end)
     json.dumps(payload, allow_nan=False)  # Grafana's JSON decoder rejects NaN
@@ -100,7 +101,7 @@ def test_payload_panels_carry_the_query_results_as_data_frames(
     assert payload["expires"] == 0 and payload["name"].startswith("GPU and host")
     assert model["snapshot"]["timestamp"] and model["uid"] is None and "id" not in model
     assert model["time"]["from"].startswith(time.strftime("%Y-%m-%dT", time.gmtime(start)))
-    panels = {p["id"]: p for p in gs.iter_panels(model)}
+    panels = {p["id"]: p for p in queries.iter_panels(model)}
     assert panels.keys() == series_by_panel.keys()
     for panel_id, panel in panels.items():
         assert panel["targets"] == [] and panel["datasource"] is None
@@ -125,7 +126,7 @@ def test_payload_panels_carry_the_query_results_as_data_frames(
 
 @pytest.mark.stack
 def test_payload_freezes_variables_and_keeps_annotation_events(
-        real_results: tuple[dict[str, Any], dict[int, list[gs.Series]], float, float]) -> None:
+        real_results: tuple[dict[str, Any], dict[int, list[queries.Series]], float, float]) -> None:
     dashboard, series_by_panel, start, end = real_results
     events = {"Sweep steps (k6)": [{"time": int(start * 1000), "timeEnd": int(end * 1000), "title": "step 1",
                                     "text": "", "tags": [], "isRegion": True}]}
@@ -141,19 +142,19 @@ def test_payload_freezes_variables_and_keeps_annotation_events(
 
 @pytest.mark.stack
 def test_payload_refuses_missing_panel_results(
-        real_results: tuple[dict[str, Any], dict[int, list[gs.Series]], float, float]) -> None:
+        real_results: tuple[dict[str, Any], dict[int, list[queries.Series]], float, float]) -> None:
     dashboard, series_by_panel, start, end = real_results
     partial = dict(list(series_by_panel.items())[1:])
-    with pytest.raises(gs.BadInput, match="no query results given for panels"):
+    with pytest.raises(queries.BadInput, match="no query results given for panels"):
         gs.build_snapshot_payload(dashboard, partial, start, end)
 
 
 @pytest.mark.stack
 def test_draw_panels_writes_one_png_per_panel(stack: Stack, tmp_path: Path) -> None:
     end = time.time()
-    dashboard = gs.load_dashboard("gpu-host")
+    dashboard = queries.load_dashboard("gpu-host")
     paths = draw_panels(dashboard, end - WINDOW_S, end, stack.prometheus, tmp_path)
-    assert len(paths) == len(list(gs.iter_panels(dashboard)))
+    assert len(paths) == len(list(queries.iter_panels(dashboard)))
     for path in paths:
         assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 5_000, path.name
     by_name = {p.name: p.stat().st_size for p in paths}
@@ -248,10 +249,10 @@ def test_cli_posts_a_snapshot_with_data_and_fetches_each_panel_png(
     assert [r["path"] for r in posted] == ["/api/snapshots"]
     assert posted[0]["auth"] == "Basic " + base64.b64encode(b"admin:s3cret").decode()
     snapshot = posted[0]["json"]["dashboard"]
-    memory = next(p for p in gs.iter_panels(snapshot) if p["title"] == "Host memory")
+    memory = next(p for p in queries.iter_panels(snapshot) if p["title"] == "Host memory")
     assert memory["snapshotData"] and memory["snapshotData"][0]["fields"][1]["values"]
     renders = [r for r in stand_in_grafana.requests if r["path"].startswith("/render/d-solo/gpu-host/")]
-    panel_ids = [p["id"] for p in gs.iter_panels(gs.load_dashboard("gpu-host"))]
+    panel_ids = [p["id"] for p in queries.iter_panels(queries.load_dashboard("gpu-host"))]
     assert sorted(int(r["query"]["panelId"][0]) for r in renders) == sorted(panel_ids)
     assert all(abs(int(r["query"]["to"][0]) - int(r["query"]["from"][0]) - 300_000) <= 1 for r in renders)
     pngs = sorted(out.glob("gpu-host-*.png"))
@@ -269,7 +270,7 @@ def test_cli_without_grafana_says_so_in_one_line_and_keeps_the_payload(
     assert code == gs.EXIT_NO_GRAFANA
     assert err.count("\n") == 1 and err.startswith("Grafana not reachable at http://127.0.0.1:"), err
     payload = json.loads((tmp_path / "snapshot.json").read_text())
-    assert all("snapshotData" in p for p in gs.iter_panels(payload["dashboard"]))
+    assert all("snapshotData" in p for p in queries.iter_panels(payload["dashboard"]))
     drawn = sorted(tmp_path.glob("serving-*.png"))
     assert len(drawn) == len(payload["dashboard"]["panels"]) - sum(
         p["type"] == "row" for p in payload["dashboard"]["panels"])
@@ -326,9 +327,9 @@ def test_report_images_come_from_grafana_when_it_answers_else_from_prometheus(
 @pytest.mark.stack
 def test_threshold_line_style_survives_grafana_11_dropping_ref_ids(stack: Stack) -> None:
     end = time.time()
-    dashboard = gs.load_dashboard("serving")
-    panel = next(p for p in gs.iter_panels(dashboard) if p["title"] == "KV cache usage")
-    results = gs.query_panels({"panels": [panel], "templating": dashboard["templating"]}, end - WINDOW_S, end,
+    dashboard = queries.load_dashboard("serving")
+    panel = next(p for p in queries.iter_panels(dashboard) if p["title"] == "KV cache usage")
+    results = queries.query_panels({"panels": [panel], "templating": dashboard["templating"]}, end - WINDOW_S, end,
                               stack.prometheus)
     payload = gs.build_snapshot_payload({"title": "t", "panels": [panel]}, results, end - WINDOW_S, end)
     snap = payload["dashboard"]["panels"][0]

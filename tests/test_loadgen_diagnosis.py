@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from loadgen import diagnosis
-from loadgen.analysis import analyse
-from loadgen.plots import _spaced
 from loadgen.prom import bucket_of
+from loadgen.report import diagnosis
+from loadgen.report.analysis import analyse
+from loadgen.report.plots import _spaced
 
 ROOT = Path(__file__).resolve().parent.parent
 H200 = ROOT / "tests" / "data" / "h200-qwen3-8b-default"
@@ -126,7 +126,7 @@ def test_gpu_bandwidth_by_name() -> None:
 
 def test_a_missing_grafana_client_only_skips_annotations(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bare GPU box without grafana-client: the sweep goes on, the note says why nothing was annotated."""
-    from loadgen.grafana_annotate import Annotator
+    from loadgen.grafana.annotate import Annotator
 
     monkeypatch.setitem(sys.modules, "grafana_client", None)
     monkeypatch.setitem(sys.modules, "grafana_client.api", None)
@@ -186,7 +186,7 @@ def test_a_cpu_run_with_bunched_delivery_prints_no_impossible_per_user_speed(tmp
 def test_errors_are_named_by_kind_and_source() -> None:
     """The 503s a bend-native run got were the collector's upstream connect timeout: the report names that,
     not only k6's status class."""
-    from loadgen.analysis import error_kinds
+    from loadgen.report.analysis import error_kinds
 
     step: dict[str, Any] = {"client": {"errors": 3, "error_kinds": {"http_5xx": 3}},
                             "server": {"collector_errors": {"upstream_connect_timeout": 3.0, "client_disconnect": 0.2}}}

@@ -21,10 +21,10 @@ import pytest
 import requests
 import yaml
 
-from loadgen.analysis import analyse, waiting_peak
 from loadgen.probe import probe_target
 from loadgen.procs import free_port
 from loadgen.prom import Prometheus, render, step_queries
+from loadgen.report.analysis import analyse, waiting_peak
 from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -356,7 +356,7 @@ def fill_loadgen_knee(result: KneeResult, results: dict[str, Any]) -> None:
     result.steps = len(steps)
     result.concurrencies = [int(s["concurrency"]) for s in steps]
     try:
-        from loadgen import analysis  # ours; imported late so the peers still run while it is being built
+        from loadgen.report import analysis  # ours; imported late so the peers still run while it is being built
 
         found = analysis.analyse(results)
         # A closed-loop run: its knee is a number of users (a rate sweep's would be requests/s).

@@ -14,7 +14,7 @@ import time
 
 import yaml
 
-from loadgen.grafana_snapshot import iter_panels, load_dashboard, query_panels, variable_values
+from loadgen.grafana.queries import iter_panels, load_dashboard, query_panels, variable_values
 from loadgen.prom import Prometheus, PrometheusDown
 from loadgen.settings import ROOT
 

@@ -14,9 +14,10 @@ from typing import Any
 import jinja2
 import yaml
 
-from loadgen import diagnosis, knee, plots, rate_mode
-from loadgen.analysis import Analysis, Row, analyse
-from loadgen.panels import DASHBOARDS
+from loadgen import knee, rate_mode
+from loadgen.grafana.panels import DASHBOARDS
+from loadgen.report import diagnosis, plots
+from loadgen.report.analysis import Analysis, Row, analyse
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 CSV_FIELDS = ("step", "vu", "start_ms", "in_steady_window", "ttft_ms", "total_ms", "status", "output_tokens",

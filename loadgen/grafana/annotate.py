@@ -1,6 +1,6 @@
 """Grafana annotations marking each sweep step, when Grafana is reachable (a one-line note when not).
 
-Connection and credentials are the snapshot exporter's (loadgen.grafana_snapshot), so one setting
+Connection and credentials are the snapshot exporter's (loadgen.grafana.snapshot), so one setting
 serves both.
 """
 
@@ -25,7 +25,7 @@ class Annotator:
         if not url:
             return cls(None, "Grafana annotations: no Grafana URL configured; steps not annotated")
         try:
-            from loadgen.grafana_snapshot import grafana_api, grafana_reachable
+            from loadgen.grafana.snapshot import grafana_api, grafana_reachable
 
             api = grafana_api(url)  # imports grafana-client, which a bare GPU box may lack
         except ImportError as error:

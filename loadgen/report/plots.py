@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from loadgen.analysis import Analysis
+from loadgen.report.analysis import Analysis
 
 COLORS = {"client": "#1f77b4", "collector": "#ff7f0e", "vllm": "#2ca02c", "slo": "#d62728", "knee": "#9467bd"}
 

@@ -29,9 +29,9 @@ def export(results: dict[str, Any], run_dir: Path, grafana_url: str | None, prom
     out_dir = run_dir / "panels"
     out_dir.mkdir(exist_ok=True)
     try:
-        snapshot = importlib.import_module("loadgen.grafana_snapshot")
+        snapshot = importlib.import_module("loadgen.grafana.snapshot")
     except ImportError as error:
-        return f"Panel images: none (the Grafana exporter loadgen.grafana_snapshot is not available: {error})."
+        return f"Panel images: none (the Grafana exporter loadgen.grafana.snapshot is not available: {error})."
     names = ", ".join(f"'{uid}'" for uid, _ in DASHBOARDS)
     why = "no Grafana URL configured"
     try:
@@ -52,7 +52,7 @@ def export(results: dict[str, Any], run_dir: Path, grafana_url: str | None, prom
         why = f"the Grafana exporter failed: {type(error).__name__}: {str(error)[:160]}"
     grafana = f"Grafana at {grafana_url} not reachable ({why})" if grafana_url and " " not in str(why) else str(why)
     try:
-        fallback = importlib.import_module("loadgen.panel_images")
+        fallback = importlib.import_module("loadgen.grafana.images")
         count = 0
         for uid, key in DASHBOARDS:
             dashboard = snapshot.load_dashboard(uid)

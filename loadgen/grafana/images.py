@@ -20,7 +20,7 @@ from typing import Any
 from matplotlib.figure import Figure  # the object API: no pyplot state, no display backend
 from matplotlib.ticker import FuncFormatter, MultipleLocator
 
-from loadgen.grafana_snapshot import Series, iter_panels, query_annotations, query_panels
+from loadgen.grafana.queries import Series, iter_panels, query_annotations, query_panels
 
 WIDTH_IN, HEIGHT_IN, DPI = 10.0, 4.2, 100
 STAT_HEIGHT_IN = 2.6

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen import diagnosis, knee, rate_mode
+from loadgen import knee, rate_mode
 from loadgen.plan import Plan, plan_from_dict
+from loadgen.report import diagnosis
 from loadgen.thresholds import load_thresholds
 
 # k6 is multi-threaded: it is CPU-bound when it uses most of the cores it can run on.
