@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -29,8 +28,9 @@ from loadgen.k6_runner import K6Missing, k6_binary
 from loadgen.plan import Plan, PlanError, builtin_profiles, load_plan, parse_plan, plan_from_dict
 from loadgen.probe import TargetError, probe_target, served_model
 from loadgen.report import render
+from loadgen.results import RESULTS, ResultsError, load_run
 from loadgen.settings import read_settings, service_url
-from loadgen.sweep import RESULTS, Sweep
+from loadgen.sweep import Sweep
 from loadgen.thresholds import ThresholdsError, load_thresholds, slo_for_run
 
 EXIT_BAD_INPUT = 2
@@ -94,7 +94,10 @@ def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
             run_dir = Path(args.resume)
             if not (run_dir / RESULTS).exists():
                 raise PlanError(f"--resume {run_dir}: no {RESULTS} there")
-            previous = json.loads((run_dir / RESULTS).read_text())
+            try:
+                previous = load_run(run_dir)
+            except ResultsError as error:
+                raise PlanError(f"--resume {error}") from None
             plan = plan_from_dict(previous["plan"])
             target = previous["target"]
         else:
@@ -134,7 +137,8 @@ def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
     probe_record = dataclasses.asdict(probe)
     if args.resume:
         sweep.results = previous
-        sweep.results.update(status="running", missing=[], slo=slo, ttfb_is_ttft=probe.ttfb_is_ttft)
+        sweep.results["status"], sweep.results["missing"] = "running", []
+        sweep.results["slo"], sweep.results["ttfb_is_ttft"] = slo, probe.ttfb_is_ttft
         sweep.results["steps"] = sweep.done_steps()
         sweep.results.setdefault("notes", []).append(
             f"resumed {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with {len(sweep.results['steps'])} "
@@ -180,8 +184,10 @@ def finish(sweep: Sweep, run_dir: Path, args: argparse.Namespace, settings: dict
 
 def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
-    if not (run_dir / RESULTS).exists():
-        print(f"error: {run_dir}: no {RESULTS} (not a sweep run folder)", file=sys.stderr)
+    try:
+        load_run(run_dir)
+    except ResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     md, html = render.render(run_dir)
     print(f"report: {md}\nreport: {html}")

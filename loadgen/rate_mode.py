@@ -35,6 +35,7 @@ from loadgen import arrivals, knee, stats
 from loadgen.k6_runner import PROMPT_TEXT, StepRun, StepSpec, prompt_text
 from loadgen.plan import Plan
 from loadgen.prom import Prometheus, PrometheusDown, render, step_queries
+from loadgen.results import RunResults, Step
 
 OPEN_LOOP_SCRIPT = Path(__file__).resolve().parent / "k6" / "open-loop.js"
 MILLI = 1000  # the knee search climbs and bisects in integer milli-requests/s
@@ -190,7 +191,7 @@ def schedule_zero(records: list[dict[str, Any]]) -> float | None:
     return next((r["zero_ms"] / 1000 for r in records if r.get("zero_ms")), None)
 
 
-def judge_drops(step: dict[str, Any], plan: Plan) -> None:
+def judge_drops(step: Step | dict[str, Any], plan: Plan) -> None:
     figures = step.get("rate") or {}
     ratio = figures.get("dropped_ratio") or 0.0
     if ratio > plan.stop.error_ratio:
@@ -200,7 +201,7 @@ def judge_drops(step: dict[str, Any], plan: Plan) -> None:
             f"{plan.arrival.max_in_flight} virtual users were busy, so the rate was not offered")
 
 
-def drop_cause(step: dict[str, Any]) -> tuple[str | None, list[str]]:
+def drop_cause(step: Step) -> tuple[str | None, list[str]]:
     """For a rate step that dropped arrivals: the evidence, and the cause when it is the load client's own
     cap (vLLM neither queued nor filled its slots while every virtual user was busy: Little's law says the
     rate needed more requests open than max_in_flight). Otherwise the server-side cause is found as usual."""
@@ -294,7 +295,7 @@ def _n(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}"
 
 
-def capacity_text(results: dict[str, Any]) -> str:
+def capacity_text(results: RunResults) -> str:
     cap = ((results.get("plan") or {}).get("search") or {}).get("max_rate")
     bound = f"{cap:g} requests/s (the plan's search.max_rate)" if cap else (
         f"{FALLBACK_MAX_RATE:g} requests/s (no search.max_rate in the plan)")
@@ -302,7 +303,7 @@ def capacity_text(results: dict[str, Any]) -> str:
             "more than stop.error_ratio of its requests breaks it) or throughput falls.")
 
 
-def load_context(results: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+def load_context(results: RunResults, steps: list[Step]) -> dict[str, Any] | None:
     """The report's open-loop section: mode, arrivals, mix, offered vs achieved, lengths, drains."""
     plan_data = results.get("plan") or {}
     if plan_data.get("mode") != "rate":

@@ -6,6 +6,8 @@ import statistics
 from collections import Counter
 from typing import Any
 
+from loadgen.results import ClientStats
+
 
 def percentile(values: list[float], q: float) -> float | None:
     """Linear-interpolated percentile (q in 0..100), None for no values."""
@@ -32,7 +34,7 @@ def tokens_in_span(record: dict[str, Any], start: float, end: float) -> float:
     return tokens * overlap / (last - first)
 
 
-def client_step_stats(records: list[dict[str, Any]], start: float, end: float, users: float = 1) -> dict[str, Any]:
+def client_step_stats(records: list[dict[str, Any]], start: float, end: float, users: float = 1) -> ClientStats:
     """Figures for requests that started in the steady window [start, end) (epoch seconds).
 
     When requests outlast the window (fewer started in it than there are users), latency comes from

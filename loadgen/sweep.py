@@ -23,9 +23,9 @@ from loadgen.k6_runner import StepRun, StepSpec, run_step
 from loadgen.plan import Plan
 from loadgen.prom import Prometheus, PrometheusDown, collect_step, generation_rate, step_queries
 from loadgen.report import diagnosis
+from loadgen.results import RESULTS, SCHEMA_VERSION, RunResults, Step, StepSlo
 
 SCRAPE_SLACK_S = 6.0  # Prometheus scrapes every 5 s: wait one more scrape past the window's end
-RESULTS = "results.json"
 
 
 class SweepStopped(Exception):
@@ -45,11 +45,12 @@ class Sweep:
     ttfb_is_ttft: bool
     provenance: dict[str, Any]
     api_key: str | None = None
-    results: dict[str, Any] = field(default_factory=dict)
+    results: RunResults = field(default_factory=lambda: RunResults())
 
     # ---------------------------------------------------------------- results.json
     def init_results(self, run_id: str, probe: dict[str, Any], command: list[str]) -> None:
         self.results = {
+            "schema_version": SCHEMA_VERSION,
             "run_id": run_id, "created": time.time(), "target": self.target, "model": self.model,
             "plan": self.plan.to_dict(), "slo": self.slo, "probe": probe, "ttfb_is_ttft": self.ttfb_is_ttft,
             "provenance": self.provenance, "command": command, "steps": [], "status": "running", "missing": [],
@@ -63,8 +64,12 @@ class Sweep:
         tmp.replace(path)
         return path
 
-    def done_steps(self) -> list[dict[str, Any]]:
+    def done_steps(self) -> list[Step]:
         return [s for s in self.results["steps"] if s["status"] == "done"]
+
+    def climb_limit(self) -> int:
+        """The knee search's bound from the server (diagnosis.server_climb_limit), on the run so far."""
+        return diagnosis.server_climb_limit(self.results)
 
     def outcomes(self) -> list[knee.Outcome]:
         return [knee.Outcome(s["concurrency"], s["slo"]["ok"], s.get("hard_stop"), (s.get("client") or {}).get(
@@ -101,11 +106,11 @@ class Sweep:
     def steady_for(self) -> float:
         """The plan's steady window, lengthened to hold two requests per user when the last step's
         requests took longer (long answers), up to the plan's max_steady_s."""
-        e2e = [s["client"]["e2e_p95_s"] for s in self.done_steps() if (s.get("client") or {}).get("e2e_p95_s")]
+        e2e = [value for s in self.done_steps() if (value := (s.get("client") or {}).get("e2e_p95_s"))]
         wanted = 2 * e2e[-1] if e2e else 0.0
         return max(self.plan.steady_s, min(self.plan.max_steady_s, wanted))
 
-    def run_one(self, concurrency: float, bar: tqdm[Any]) -> dict[str, Any]:
+    def run_one(self, concurrency: float, bar: tqdm[Any]) -> Step:
         plan = self.plan
         steady = self.steady_for()
         length = plan.warmup_s + steady
@@ -120,7 +125,7 @@ class Sweep:
         run = run_step(spec, self.run_dir / "raw", watchdog=self._watchdog(bar, started, length))
         return self.measure(concurrency, started, run, steady)
 
-    def run_rate(self, rate: float, bar: tqdm[Any], steady: float) -> dict[str, Any]:
+    def run_rate(self, rate: float, bar: tqdm[Any], steady: float) -> Step:
         """An open-loop step at `rate` requests/s (loadgen/rate_mode.py)."""
         length = self.plan.warmup_s + steady
         spec = rate_mode.step_spec(self.plan, self.results["run_id"], rate, length, self.target, self.model,
@@ -140,9 +145,9 @@ class Sweep:
                 rate_mode.judge_drops(step, self.plan)
         return step
 
-    def measure(self, concurrency: float, started: float, run: StepRun, steady: float) -> dict[str, Any]:
+    def measure(self, concurrency: float, started: float, run: StepRun, steady: float) -> Step:
         plan = self.plan
-        step: dict[str, Any] = {"concurrency": concurrency, "started": started, "ended": time.time(),
+        step: Step = {"concurrency": concurrency, "started": started, "ended": time.time(),
                                 "status": "done", "missing": [], "hard_stop": None}
         if not run.records and not run.aborted:
             step["status"] = "failed"
@@ -159,7 +164,7 @@ class Sweep:
         elif run.exit_code not in (0, 99):  # 99: k6 thresholds crossed (none are set, kept for safety)
             step["status"] = "failed"
             step["missing"].append(f"k6 exited with code {run.exit_code}: {' | '.join(run.stderr_tail)[-300:]}")
-        step.update(steady_start=steady_start, steady_end=steady_end)
+        step["steady_start"], step["steady_end"] = steady_start, steady_end
         step["client"] = stats.client_step_stats(run.records, steady_start, steady_end, concurrency)
         step["k6"] = {"cpu_s": run.k6_cpu_s, "wall_s": run.wall_s, "cpu_cores": run.k6_cpu_s / max(run.wall_s, 1e-9),
                       "exit_code": run.exit_code, "requests_total": len(run.records),
@@ -175,7 +180,7 @@ class Sweep:
         return step
 
     def _server_side(self, start: float, end: float, records: list[dict[str, Any]],
-                     step: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+                     step: Step) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         if self.prometheus is None:
             step["missing"].append("server-side metrics: no Prometheus")
             return None, None
@@ -199,7 +204,7 @@ class Sweep:
                      "client_over_vllm": client_rate / vllm_rate if vllm_rate else None}
         return server, check
 
-    def judge(self, step: dict[str, Any]) -> dict[str, Any]:
+    def judge(self, step: Step) -> StepSlo:
         """SLO verdict for a step; TTFT from the client when its TTFB is TTFT, else from vLLM."""
         client, server = step["client"], step.get("server") or {}
         vllm, collector = server.get("vllm") or {}, server.get("collector") or {}
@@ -237,7 +242,7 @@ class Sweep:
         try:
             while (concurrency := (rate_mode.next_rate(plan, self.outcomes()) if rate_mode.is_rate(plan) else
                                    knee.next_concurrency(plan, self.outcomes(),
-                                                         diagnosis.server_climb_limit(self.results)))) is not None:
+                                                         self.climb_limit()))) is not None:
                 bar.set_description(f"step {concurrency:>4} {'req/s' if rate_mode.is_rate(plan) else 'users'}")
                 self.results["steps"] = [s for s in self.results["steps"] if s["concurrency"] != concurrency]
                 step = self.run_one(concurrency, bar)
@@ -266,7 +271,7 @@ class Sweep:
             self.save()
         return status
 
-    def _annotate(self, step: dict[str, Any]) -> None:
+    def _annotate(self, step: Step) -> None:
         client = step.get("client") or {}
         text = (f"loadgen {self.results['run_id']}: {step['concurrency']} users, "
                 f"{client.get('output_tok_s', 0):.0f} tok/s, SLO {'ok' if step.get('slo', {}).get('ok') else 'broken'}")
@@ -291,7 +296,7 @@ def _fmt(key: str, value: float) -> str:
     return f"{value:.3g}"
 
 
-def _step_line(step: dict[str, Any], verdict: str) -> str:
+def _step_line(step: Step, verdict: str) -> str:
     client = step.get("client") or {}
     ttft = client.get("ttft_p95_s")
     e2e = client.get("e2e_p95_s")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from loadgen.bench import counters, peer_tools, peers
+from loadgen.results import RunResults
 from loadgen.settings import ROOT
 
 METRICS = """\
@@ -164,7 +165,7 @@ def test_loadgen_is_compared_with_vllm_over_its_own_steady_window() -> None:
 
 
 def test_loadgen_step_and_its_missing_steps() -> None:
-    results = {"ttfb_is_ttft": True, "steps": [
+    results: RunResults = {"ttfb_is_ttft": True, "steps": [
         {"status": "done", "concurrency": 8, "steady_start": 100.0, "steady_end": 116.0,
          "client": {"output_tok_s": 512.0, "ttft_p50_s": 0.2, "e2e_p95_s": 1.5, "ok": 40},
          "throughput_check": {"vllm_tok_s": 520.0, "client_tok_s": 510.0, "client_over_vllm": 0.981}}]}

@@ -7,7 +7,6 @@ errors visible on the server" and flag the load client as the first stress signa
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from loadgen.prom import bucket_of
 from loadgen.report import diagnosis
 from loadgen.report.analysis import analyse
 from loadgen.report.plots import _spaced
+from loadgen.results import Step, load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 H200 = ROOT / "tests" / "data" / "h200-qwen3-8b-default"
@@ -37,7 +37,7 @@ def test_h200_report_names_the_front_end_wait_the_peak_and_the_collapse(h200_run
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = (h200_run / "report.md").read_text()
-    analysis = analyse(json.loads((h200_run / "results.json").read_text()))
+    analysis = analyse(load_run(h200_run))
     # where requests waited: in front of the engine, from 160 users on (vLLM held 104 of 160)
     assert analysis.what_broke_first.startswith("front-end: requests waited in front of the engine")
     assert "vLLM held only 203" in analysis.what_broke_first
@@ -92,25 +92,26 @@ def test_usl_fit_recovers_known_parameters_and_refuses_a_bad_fit() -> None:
 
 
 def test_little_law_places_the_wait_by_the_front_ends_cpu() -> None:
-    step: dict[str, Any] = {"concurrency": 64, "client": {"in_flight_avg": 64.0},
-            "server": {"vllm": {"running_avg": 20.0, "waiting_avg": 0.0, "api_server_cpu_cores": 0.98},
-                       "collector": {"cpu_cores": 0.4, "in_flight_avg": 63.0}, "host": {"cpu_busy_ratio": 0.6}}}
+    vllm: dict[str, Any] = {"running_avg": 20.0, "waiting_avg": 0.0, "api_server_cpu_cores": 0.98}
+    collector: dict[str, Any] = {"cpu_cores": 0.4, "in_flight_avg": 63.0}
+    step: Step = {"concurrency": 64, "client": {"in_flight_avg": 64.0},
+                  "server": {"vllm": vllm, "collector": collector, "host": {"cpu_busy_ratio": 0.6}}}
     wait = diagnosis.where_waited(step)
     assert wait is not None and wait.front_of_engine and wait.where == "vLLM's API server"
     assert "--api-server-count" in diagnosis.wait_sentence(wait)
-    step["server"]["vllm"]["api_server_cpu_cores"] = 0.3
-    step["server"]["collector"]["cpu_cores"] = 0.97
+    vllm["api_server_cpu_cores"] = 0.3
+    collector["cpu_cores"] = 0.97
     wait = diagnosis.where_waited(step)
     assert wait is not None and wait.where == "the collector"
     # the counted occupancy (Little's law on vLLM's own histograms) wins over gauges that missed it
-    step["server"]["vllm"].update(running_avg=0.0, running_mean_counted=63.5)
+    vllm.update(running_avg=0.0, running_mean_counted=63.5)
     wait = diagnosis.where_waited(step)
     assert wait is not None and not wait.front_of_engine
 
 
 def test_bunched_delivery_uses_the_servers_per_user_speed() -> None:
-    step: dict[str, Any] = {"concurrency": 1, "client": {"user_tok_s_p50": 678_038.0},
-            "server": {"vllm": {"itl_mean_s": 0.0045}}}
+    step: Step = {"concurrency": 1, "client": {"user_tok_s_p50": 678_038.0},
+                  "server": {"vllm": {"itl_mean_s": 0.0045}}}
     assert diagnosis.bunched(step)
     assert diagnosis.server_user_tok_s(step) == pytest.approx(222.2, abs=0.1)
     step["client"]["user_tok_s_p50"] = 215.0
@@ -140,7 +141,7 @@ EXAMPLE = ROOT / "loadgen" / "examples" / "h200-qwen3-8b"
 
 def test_the_h200_worked_example_names_vllms_api_server_and_the_decode_bound_kv_run(tmp_path: Path) -> None:
     """The project's own run on an H200 (scripts/gpu-run), re-analysed from its results.json."""
-    default = json.loads(next(EXAMPLE.glob("*-default/results.json")).read_text())
+    default = load_run(next(EXAMPLE.glob("*-default")))
     analysis = analyse(default)
     assert analysis.what_broke_first.startswith("front-end: requests waited in front of the engine, in vLLM's API")
     assert "vLLM's API-server process used 1.01 of a core" in analysis.evidence
@@ -148,7 +149,7 @@ def test_the_h200_worked_example_names_vllms_api_server_and_the_decode_bound_kv_
     assert peak is not None and (peak.peak_concurrency, round(peak.peak_tok_s)) == (160, 13857)
     assert analysis.usl is not None and analysis.usl.fits and analysis.usl.peak_n is not None
     assert 120 < analysis.usl.peak_n < 200  # the fitted peak agrees with the measured one
-    kv = analyse(json.loads(next(EXAMPLE.glob("*-gpu-kv-fill/results.json")).read_text()))
+    kv = analyse(load_run(next(EXAMPLE.glob("*-gpu-kv-fill"))))
     assert kv.what_broke_first.startswith("decode-bound"), kv.what_broke_first
     # every example run re-renders from its folder alone
     run = tmp_path / "run"
@@ -169,7 +170,7 @@ def test_a_cpu_run_with_bunched_delivery_prints_no_impossible_per_user_speed(tmp
     result = subprocess.run([sys.executable, "-m", "loadgen", "report", str(run)], cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    analysis = analyse(json.loads((run / "results.json").read_text()))
+    analysis = analyse(load_run(run))
     one = analysis.rows[0]
     assert one.concurrency == 1 and one.user_tok_s is not None and one.user_tok_s < 2_000
     assert one.user_tok_s_source.startswith("vLLM")
@@ -188,6 +189,6 @@ def test_errors_are_named_by_kind_and_source() -> None:
     not only k6's status class."""
     from loadgen.report.analysis import error_kinds
 
-    step: dict[str, Any] = {"client": {"errors": 3, "error_kinds": {"http_5xx": 3}},
+    step: Step = {"client": {"errors": 3, "error_kinds": {"http_5xx": 3}},
                             "server": {"collector_errors": {"upstream_connect_timeout": 3.0, "client_disconnect": 0.2}}}
     assert error_kinds(step) == "3 http_5xx at the client, 3 upstream_connect_timeout at the collector"

@@ -25,6 +25,7 @@ from loadgen.probe import probe_target
 from loadgen.procs import free_port
 from loadgen.prom import Prometheus, render, step_queries
 from loadgen.report.analysis import analyse, waiting_peak
+from loadgen.results import load_run
 from tests.support.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +133,7 @@ def test_capstone_end_to_end_writes_a_complete_report(stack: Stack) -> None:
     report = (run_dir / "report.md").read_text()
     for section in SECTIONS:
         assert section in report
-    analysis = analyse(results)
+    analysis = analyse(load_run(run_dir))
     assert analysis.envelope in report and analysis.envelope.startswith(("At up to", "Even"))
     table = report.split("## Envelope table")[1].split("##")[0]
     for c in (1, 5, 20):
@@ -177,7 +178,7 @@ def test_sweep_names_what_broke_first_with_server_evidence(stack: Stack, tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     run_dir = run_dir_of(result.stderr)
     results = results_of(run_dir)
-    analysis = analyse(results)
+    analysis = analyse(load_run(run_dir))
     good = next(s for s in results["steps"] if s["concurrency"] == 2)
     bad = next(s for s in results["steps"] if s["concurrency"] == 32)
     assert good["slo"]["ok"], good["slo"]
@@ -331,10 +332,11 @@ def test_host_memory_watchdog_stops_the_sweep(stack: Stack, tmp_path: Path) -> N
     result = loadgen("sweep", "--plan", str(plan), "--target", stack.collector, "--prometheus", stack.prometheus,
                      "--out", "var/reports/test-loadgen", "--no-panels")
     assert result.returncode == 0, result.stderr[-1500:]
-    results = results_of(run_dir_of(result.stderr))
+    run_dir = run_dir_of(result.stderr)
+    results = results_of(run_dir)
     assert [s["concurrency"] for s in results["steps"]] == [1]
     step = results["steps"][0]
     assert "fell under the floor" in step["hard_stop"] and step["ended"] - started < 60
-    analysis = analyse(results)
+    analysis = analyse(load_run(run_dir))
     assert analysis.knee.concurrency is None and analysis.what_broke_first.startswith("host memory")
     assert analysis.what_broke_first in (run_dir_of(result.stderr) / "report.md").read_text()

@@ -38,6 +38,7 @@ import yaml
 
 from loadgen.bench.counters import generation_tokens
 from loadgen.bench.peer_tools import VLLM_BENCH_SNIPPET
+from loadgen.results import Step, load_run
 from loadgen.settings import ROOT, VLLM_PYTHON, read_settings, service_url
 from loadgen.stats import client_step_stats
 
@@ -65,8 +66,9 @@ def our_records(results_dir: Path, concurrency: int) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 
 
-def loadgen_step(args: argparse.Namespace, concurrency: int, tag: str, work: Path) -> dict[str, Any]:
-    """One closed-loop loadgen step (the product's own command); its results.json."""
+def loadgen_step(args: argparse.Namespace, concurrency: int, tag: str, work: Path) -> tuple[Path, Step]:
+    """One closed-loop loadgen step (the product's own command): its run folder and the step from its
+    results.json."""
     plan = {"name": f"bench-accuracy-{tag}",
             "profile": {"prompt_words": args.prompt_words, "max_tokens": args.output_len},
             "steps": [concurrency], "search": {"enabled": False}, "warmup_s": args.warmup_s,
@@ -80,9 +82,8 @@ def loadgen_step(args: argparse.Namespace, concurrency: int, tag: str, work: Pat
     match = re.search(r"run folder: (\S+)", out.stderr)
     if out.returncode != 0 or not match:
         raise SystemExit(f"loadgen sweep failed ({out.returncode}): {out.stderr[-800:]}")
-    results: dict[str, Any] = json.loads((Path(match.group(1)) / "results.json").read_text())
-    results["_dir"] = match.group(1)
-    return results
+    run_dir = Path(match.group(1))
+    return run_dir, load_run(run_dir)["steps"][0]
 
 
 def vllm_bench_command(args: argparse.Namespace, concurrency: int, prompts: int, input_len: int, work: Path,
@@ -131,11 +132,10 @@ def round_together(args: argparse.Namespace, round_no: int, work: Path, input_le
         if line.startswith("Starting main benchmark run"):
             break
     time.sleep(3)
-    ours = loadgen_step(args, half, f"together-{round_no}", work)
+    run_dir, step = loadgen_step(args, half, f"together-{round_no}", work)
     rest, _ = bench.communicate(timeout=1800)
     if bench.returncode != 0:
         raise SystemExit(f"vllm bench serve failed: {(''.join(log) + rest)[-800:]}")
-    step = ours["steps"][0]
     start, end = step["steady_start"], step["steady_end"]
     records = vllm_bench_records(json.loads((work / name).read_text()))
     theirs = client_step_stats(records, start, end, half)
@@ -145,7 +145,7 @@ def round_together(args: argparse.Namespace, round_no: int, work: Path, input_le
               file=sys.stderr)
     counter = (step.get("throughput_check") or {}).get("vllm_tok_s")
     collector = ((step.get("server") or {}).get("collector") or {}).get("ttft_p50_s")
-    mine = our_records(Path(ours["_dir"]), half)
+    mine = our_records(run_dir, half)
     return [
         Measure("loadgen (k6)", round_no, step["client"]["output_tok_s"], step["client"]["ttft_p50_s"], counter,
                 step["client"]["requests"], step["client"]["prompt_tokens_per_request"],
@@ -157,7 +157,7 @@ def round_together(args: argparse.Namespace, round_no: int, work: Path, input_le
 
 def round_interleaved(args: argparse.Namespace, round_no: int, work: Path, input_len: int) -> list[Measure]:
     def ours() -> Measure:
-        step = loadgen_step(args, args.concurrency, f"interleaved-{round_no}", work)["steps"][0]
+        _, step = loadgen_step(args, args.concurrency, f"interleaved-{round_no}", work)
         check = step.get("throughput_check") or {}
         return Measure("loadgen (k6)", round_no, step["client"]["output_tok_s"], step["client"]["ttft_p50_s"],
                        check.get("vllm_tok_s"), step["client"]["requests"], step["client"]["prompt_tokens_per_request"])
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         # Calibration: our prompt in tokens (vLLM's count) sets vllm bench's random input length, our
         # request time sizes vllm bench's run in the together mode.
         calibration = loadgen_step(args, max(1, args.concurrency // 2) if together else args.concurrency,
-                                   "calibration", work)["steps"][0]["client"]
+                                   "calibration", work)[1]["client"]
         prompt_tokens = calibration["prompt_tokens_per_request"] or args.prompt_words
         input_len = max(1, round(prompt_tokens - 10))  # minus the chat template's share
         per_request_s = calibration["e2e_p50_s"] or 5.0

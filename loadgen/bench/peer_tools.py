@@ -5,13 +5,13 @@ Pure functions, no processes. Imports loadgen.settings (paths) and loadgen.resul
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadgen.results import RESULTS, RunResults, load_run
 from loadgen.settings import APP_PYTHON, BENCH_BIN, ROOT, VLLM_PYTHON
 
 TOOLS = ("vllm-bench", "guidellm", "aiperf", "loadgen")
@@ -156,7 +156,7 @@ def parse_aiperf(export: dict[str, Any]) -> Reported:
                     output_tokens=tokens, token_source="client re-tokenization (default)", notes=notes)
 
 
-def parse_loadgen_step(results: dict[str, Any]) -> Reported:
+def parse_loadgen_step(results: RunResults) -> Reported:
     """Ours: the first finished step of `python -m loadgen sweep`'s results.json."""
     steps = [s for s in results.get("steps", []) if s.get("status") == "done"]
     if not steps:
@@ -243,12 +243,9 @@ def loadgen_command(target: Target, plan_path: Path, out_dir: Path) -> list[str]
             "--model", target.model, "--prometheus", target.prometheus_url, "--out", str(out_dir)]
 
 
-def loadgen_results(out_dir: Path) -> dict[str, Any] | None:
-    found = sorted(out_dir.glob("*/results.json"))
-    if not found:
-        return None
-    data: dict[str, Any] = json.loads(found[-1].read_text())
-    return data
+def loadgen_results(out_dir: Path) -> RunResults | None:
+    found = sorted(out_dir.glob(f"*/{RESULTS}"))
+    return load_run(found[-1].parent) if found else None
 
 
 def loadgen_available() -> str | None:

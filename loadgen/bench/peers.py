@@ -75,6 +75,7 @@ from loadgen.bench.peer_tools import (
 )
 from loadgen.bench.tables import fmt, fmt_int, markdown_table
 from loadgen.procs import TreeCpu, stop_group
+from loadgen.results import RunResults
 from loadgen.settings import BENCH_BIN, ROOT, VLLM_PYTHON, read_settings
 
 # The private stack's ports: the defaults + 10000, well away from the shared stack.
@@ -350,7 +351,7 @@ def run_knee_tool(tool: str, target: Target, w: KneeWorkload, run_dir: Path,
     raise BenchError(f"unknown tool {tool!r}")
 
 
-def fill_loadgen_knee(result: KneeResult, results: dict[str, Any]) -> None:
+def fill_loadgen_knee(result: KneeResult, results: RunResults) -> None:
     """Steps, knee and what broke first from loadgen's results.json (its own analysis code)."""
     steps = [s for s in results.get("steps", []) if s.get("status") == "done"]
     result.steps = len(steps)

@@ -35,7 +35,7 @@ class Annotator:
             return cls(url, f"Grafana annotations: Grafana at {url} not reachable ({why}); steps not annotated")
         return cls(url, f"Grafana annotations: each step annotated on {url}", api)
 
-    def step(self, run_id: str, concurrency: int, start: float, end: float, text: str) -> None:
+    def step(self, run_id: str, concurrency: float, start: float, end: float, text: str) -> None:
         if self.api is None:
             return
         try:

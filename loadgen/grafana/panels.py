@@ -8,17 +8,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from loadgen.results import RunResults
+
 # Dashboards in the report, with the template variables that pick this run out.
 DASHBOARDS = (("serving", "model"), ("load-test", "run"))
 
 
-def _variables(snapshot: Any, dashboard: dict[str, Any], key: str, results: dict[str, Any]) -> dict[str, str]:
+def _variables(snapshot: Any, dashboard: dict[str, Any], key: str, results: RunResults) -> dict[str, str]:
     value = results.get("model") if key == "model" else results.get("run_id")
     given: dict[str, str] = snapshot.variable_values(dashboard, {key: str(value)} if value else {})
     return given
 
 
-def export(results: dict[str, Any], run_dir: Path, grafana_url: str | None, prometheus_url: str | None) -> str:
+def export(results: RunResults, run_dir: Path, grafana_url: str | None, prometheus_url: str | None) -> str:
     """Writes run_dir/panels/*.png; returns a one-line note on where they came from (or why none)."""
     steps = [s for s in results.get("steps", []) if s.get("steady_start")]
     if not steps:

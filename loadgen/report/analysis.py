@@ -9,6 +9,7 @@ from typing import Any
 from loadgen import knee, rate_mode
 from loadgen.plan import Plan, plan_from_dict
 from loadgen.report import diagnosis
+from loadgen.results import RunResults, Step, done_steps
 from loadgen.thresholds import load_thresholds
 
 # k6 is multi-threaded: it is CPU-bound when it uses most of the cores it can run on.
@@ -69,7 +70,7 @@ def running_peak(vllm: dict[str, Any]) -> float | None:
     return max(values) if values else None
 
 
-def step_signals(step: dict[str, Any], thresholds: dict[str, float], host_cpu_counts: bool = True) -> list[str]:
+def step_signals(step: Step, thresholds: dict[str, float], host_cpu_counts: bool = True) -> list[str]:
     """Stress signals visible in a step's server-side metrics (and the client's errors)."""
     signals: list[str] = []
     vllm = _get(step, "server", "vllm") or {}
@@ -106,7 +107,7 @@ def step_signals(step: dict[str, Any], thresholds: dict[str, float], host_cpu_co
     return signals
 
 
-def error_kinds(step: dict[str, Any]) -> str:
+def error_kinds(step: Step) -> str:
     """Every error of a step by its precise kind and source: the client's status classes, and the
     collector's own error_type (e.g. upstream_connect_timeout) where it recorded the failure."""
     client = step.get("client") or {}
@@ -116,7 +117,7 @@ def error_kinds(step: dict[str, Any]) -> str:
     return ", ".join(parts) or "none"
 
 
-def _ttft(step: dict[str, Any], ttfb_is_ttft: bool, q: str) -> tuple[float | None, str]:
+def _ttft(step: Step, ttfb_is_ttft: bool, q: str) -> tuple[float | None, str]:
     if ttfb_is_ttft:
         return _get(step, "client", f"ttft_{q}_s"), "client"
     return _get(step, "server", "vllm", f"ttft_{q}_s"), "vLLM"
@@ -128,7 +129,7 @@ def _rise(before: float | None, after: float | None) -> float | None:
     return after / before
 
 
-def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: bool,
+def broke_first(good: Step | None, bad: Step, ttfb_is_ttft: bool,
                 thresholds: dict[str, float], host_cpu_counts: bool = True) -> tuple[str, list[str]]:
     """The cause of the first SLO-breaking step, and the evidence (last good step vs first bad)."""
     vb = _get(bad, "server", "vllm") or {}
@@ -207,7 +208,7 @@ def broke_first(good: dict[str, Any] | None, bad: dict[str, Any], ttfb_is_ttft: 
             "(server-side figures above)"), evidence
 
 
-def ttft_three_ways(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ttft_three_ways(steps: list[Step]) -> list[dict[str, Any]]:
     rows = []
     for step in steps:
         server = step.get("server") or {}
@@ -269,7 +270,7 @@ def gap_note(rows: list[dict[str, Any]], ttfb_is_ttft: bool, verdict: str | None
     return " ".join(parts)
 
 
-def bandwidth_limit(results: dict[str, Any], plan: Plan, rows: list[Row]) -> dict[str, Any]:
+def bandwidth_limit(results: RunResults, plan: Plan, rows: list[Row]) -> dict[str, Any]:
     """Single-stream decode vs the memory-bandwidth limit of the GPU actually measured (by name from
     nvidia-smi / DCGM, or the plan's override); with no GPU it does not apply."""
     model = _get(results, "provenance", "model") or {}
@@ -295,18 +296,18 @@ def bandwidth_limit(results: dict[str, Any], plan: Plan, rows: list[Row]) -> dic
     return out
 
 
-def _user_speed(step: dict[str, Any]) -> tuple[float | None, str]:
+def _user_speed(step: Step) -> tuple[float | None, str]:
     """Per-user decode speed: the client's, unless it saw tokens bunched; then the server's own."""
     if diagnosis.bunched(step):
         return diagnosis.server_user_tok_s(step), "vLLM (1 / mean ITL: the client saw tokens bunched)"
     return _get(step, "client", "user_tok_s_p50"), "client"
 
 
-def analyse(results: dict[str, Any]) -> Analysis:
+def analyse(results: RunResults) -> Analysis:
     plan = plan_from_dict(results["plan"])
     thresholds = load_thresholds()
     ttfb_is_ttft = bool(results.get("ttfb_is_ttft"))
-    steps = sorted((s for s in results["steps"] if s["status"] == "done"), key=lambda s: s["concurrency"])
+    steps = done_steps(results)
     host_cpu_counts = diagnosis.host_cpu_informative(steps)
     rows: list[Row] = []
     for step in steps:
@@ -355,7 +356,7 @@ def analyse(results: dict[str, Any]) -> Analysis:
                     client_signals=client_signals)
 
 
-def _flags(steps: list[dict[str, Any]], results: dict[str, Any]) -> tuple[list[str], list[str]]:
+def _flags(steps: list[Step], results: RunResults) -> tuple[list[str], list[str]]:
     """Doubts about the figures, and signals about the load client (never reported as the server's)."""
     flags: list[str] = []
     client_signals: list[str] = []
@@ -390,7 +391,7 @@ def _n_users(n: float) -> str:
     return f"{n} user" + ("" if n == 1 else "s")
 
 
-def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str, results: dict[str, Any],
+def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str, results: RunResults,
                       peak: diagnosis.ThroughputKnee | None = None, waits: list[diagnosis.Wait] | None = None) -> str:
     by_c = {r.concurrency: r for r in rows}
     outputs = plan.profile.max_tokens

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadgen import knee
+from loadgen.results import RunResults, Step
 
 # A process using at least this share of one core is saturated: Python front-ends (vLLM's API
 # server, the collector) run their event loop on one core.
@@ -113,7 +114,7 @@ def server_quantile(group: dict[str, Any] | None, metric: str, q: str, source: s
 @dataclass(frozen=True)
 class Wait:
     """Little's law at one step: requests the client had open vs those vLLM held."""
-    concurrency: int
+    concurrency: float
     client_in_flight: float
     engine_held: float  # vLLM running + waiting (time averages)
     engine_waiting: float
@@ -147,7 +148,7 @@ def _mean_held(vllm: dict[str, Any]) -> tuple[float | None, float]:
     return running + (waiting or 0.0), waiting or 0.0
 
 
-def host_cpu_informative(steps: list[dict[str, Any]]) -> bool:
+def host_cpu_informative(steps: list[Step]) -> bool:
     """Host CPU saturation tells load apart only if the least loaded step left CPU idle: on a box whose
     engine computes (or spins) on CPU cores every step reads ~100%, and saturation is no finding."""
     lowest = min(steps, key=lambda s: s["concurrency"], default=None)
@@ -155,7 +156,7 @@ def host_cpu_informative(steps: list[dict[str, Any]]) -> bool:
     return busy is None or busy < HOST_CPU_SATURATED
 
 
-def where_waited(step: dict[str, Any], host_cpu_counts: bool = True) -> Wait | None:
+def where_waited(step: Step, host_cpu_counts: bool = True) -> Wait | None:
     vllm = get_path(step, "server", "vllm")
     if not vllm:
         return None
@@ -292,24 +293,24 @@ def usl_fit(points: Sequence[tuple[float, float]]) -> UslFit:
 @dataclass(frozen=True)
 class Check:
     name: str
-    concurrency: int | None
+    concurrency: float | None
     ok: bool
     detail: str
 
 
-def server_user_tok_s(step: dict[str, Any]) -> float | None:
+def server_user_tok_s(step: Step) -> float | None:
     """Tokens per second one stream gets by the server's own clock: 1 / mean inter-token latency."""
     itl = get_path(step, "server", "vllm", "itl_mean_s")
     return 1 / itl if itl else None
 
 
-def bunched(step: dict[str, Any]) -> bool:
+def bunched(step: Step) -> bool:
     client = get_path(step, "client", "user_tok_s_p50")
     server = server_user_tok_s(step)
     return bool(client and server and client > BUNCHED_FACTOR * server)
 
 
-def consistency_checks(steps: list[dict[str, Any]], bandwidth: dict[str, Any], tolerance: float) -> list[Check]:
+def consistency_checks(steps: list[Step], bandwidth: dict[str, Any], tolerance: float) -> list[Check]:
     checks: list[Check] = []
     host_cpu_counts = host_cpu_informative(steps)
     for step in steps:
@@ -372,7 +373,7 @@ class KvFill:
     users: float  # concurrency at which the requests in flight fill the KV cache
 
 
-def kv_fill(results: dict[str, Any]) -> KvFill | None:
+def kv_fill(results: RunResults) -> KvFill | None:
     """At which concurrency this profile's requests fill vLLM's KV cache (cache_config_info's
     kv_cache_size_tokens / (prompt + output tokens per request)); None when vLLM did not say."""
     flags = get_path(results, "provenance", "engine_flags") or {}
@@ -393,7 +394,7 @@ def kv_fill(results: dict[str, Any]) -> KvFill | None:
     return KvFill(kv_tokens, per_request, kv_tokens / per_request) if per_request > 0 else None
 
 
-def server_climb_limit(results: dict[str, Any]) -> int:
+def server_climb_limit(results: RunResults) -> int:
     """The knee search's bound where the plan sets none: from the KV capacity vLLM reports."""
     fill = kv_fill(results)
     return knee.capacity_limit(fill.kv_cache_tokens if fill else None, fill.tokens_per_request if fill else None)

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from loadgen.report.analysis import Analysis
+from loadgen.results import RunResults
 
 COLORS = {"client": "#1f77b4", "collector": "#ff7f0e", "vllm": "#2ca02c", "slo": "#d62728", "knee": "#9467bd"}
 
@@ -186,7 +187,7 @@ def ttft_three_ways(analysis: Analysis, path: Path) -> Path:
     return path
 
 
-def timeline(results: dict[str, Any], path: Path) -> Path | None:
+def timeline(results: RunResults, path: Path) -> Path | None:
     """vLLM's running/waiting requests, KV-cache usage and output tok/s over the sweep, steps shaded."""
     series = results.get("timeline") or {}
     if not any(series.get(k) for k in ("running", "waiting", "kv_cache", "generation_tok_s")):

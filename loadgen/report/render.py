@@ -18,6 +18,7 @@ from loadgen import knee, rate_mode
 from loadgen.grafana.panels import DASHBOARDS
 from loadgen.report import diagnosis, plots
 from loadgen.report.analysis import Analysis, Row, analyse
+from loadgen.results import RunResults, Step, done_steps, load_run
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 CSV_FIELDS = ("step", "vu", "start_ms", "in_steady_window", "ttft_ms", "total_ms", "status", "output_tokens",
@@ -40,7 +41,7 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0%}"
 
 
-def write_requests_csv(run_dir: Path, results: dict[str, Any]) -> Path:
+def write_requests_csv(run_dir: Path, results: RunResults) -> Path:
     """Every request k6 recorded, one row each, flagged when it started in its step's steady window."""
     windows = {s["concurrency"]: (s.get("steady_start"), s.get("steady_end")) for s in results["steps"]}
     path = run_dir / "requests.csv"
@@ -86,7 +87,7 @@ def ttft_table(analysis: Analysis) -> dict[str, Any]:
     }
 
 
-def server_table(steps: list[dict[str, Any]]) -> dict[str, Any]:
+def server_table(steps: list[Step]) -> dict[str, Any]:
     rows = []
     for s in steps:
         v = (s.get("server") or {}).get("vllm") or {}
@@ -110,7 +111,7 @@ def server_table(steps: list[dict[str, Any]]) -> dict[str, Any]:
             "rows": rows}
 
 
-def throughput_table(steps: list[dict[str, Any]]) -> dict[str, Any]:
+def throughput_table(steps: list[Step]) -> dict[str, Any]:
     rows = []
     for s in steps:
         check = s.get("throughput_check") or {}
@@ -124,7 +125,7 @@ def throughput_table(steps: list[dict[str, Any]]) -> dict[str, Any]:
                         "k6 CPU s", "k6 CPU cores", "requests (all)"], "rows": rows}
 
 
-def wait_table(analysis: Analysis, steps: list[dict[str, Any]]) -> dict[str, Any]:
+def wait_table(analysis: Analysis, steps: list[Step]) -> dict[str, Any]:
     """Little's law per step: what the client had open beside what vLLM held, and the front-ends' CPU."""
     by_c = {s["concurrency"]: s for s in steps}
     rows = []
@@ -154,7 +155,7 @@ def checks_table(analysis: Analysis) -> dict[str, Any]:
     return {"headers": ["check", "held at (users)", "FLAGGED at (users: figures)"], "rows": rows, "bad": bad}
 
 
-def capacity_text(results: dict[str, Any]) -> str:
+def capacity_text(results: RunResults) -> str:
     """What the server says it can hold, and where the climb was bounded."""
     plan_cap = ((results.get("plan") or {}).get("search") or {}).get("max_concurrency")
     if (results.get("plan") or {}).get("mode") == "rate":
@@ -199,12 +200,12 @@ def bend_text(analysis: Analysis) -> str:
     return text
 
 
-def slo_table(results: dict[str, Any]) -> dict[str, Any]:
+def slo_table(results: RunResults) -> dict[str, Any]:
     return {"headers": ["SLO", "limit", "source"],
             "rows": [[key, f"{v['value']:g}", v["source"]] for key, v in results.get("slo", {}).items()]}
 
 
-def bandwidth_text(bw: dict[str, Any], results: dict[str, Any]) -> str:
+def bandwidth_text(bw: dict[str, Any], results: RunResults) -> str:
     if bw.get("not_applicable"):
         return (f"Not applicable: {bw['not_applicable']}. A memory-bandwidth limit describes GPU decoding; set "
                 "`hardware.memory_bandwidth_gb_s` in the plan to compare anyway.")
@@ -243,9 +244,9 @@ def panel_images(run_dir: Path) -> list[Path]:
 
 def render(run_dir: Path) -> tuple[Path, Path]:
     """Writes report.md and report.html (and figures, requests.csv) into run_dir from its raw data."""
-    results = json.loads((run_dir / "results.json").read_text())
+    results = load_run(run_dir)
     analysis = analyse(results)
-    steps = sorted((s for s in results["steps"] if s["status"] == "done"), key=lambda s: s["concurrency"])
+    steps = done_steps(results)
     figures_dir = run_dir / "figures"
     figures_dir.mkdir(exist_ok=True)
     figures: list[tuple[str, Path]] = []
