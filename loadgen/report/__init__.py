@@ -6,6 +6,7 @@
     render     report.md and report.html from the templates in templates/
 
 Dependencies point one way: render -> plots -> analysis -> diagnosis; all of them -> loadgen.results and the
-sweep engine's pure modules (knee, plan, stats, thresholds, rate_mode). The sweep imports diagnosis only;
-nothing here imports the sweep, Grafana or the benchmarks.
+sweep engine's pure modules (knee, plan, thresholds, rate_mode); render also -> loadgen.grafana.panels (which
+dashboards the report shows). The sweep imports diagnosis only; nothing here imports the sweep or the
+benchmarks.
 """
