@@ -37,9 +37,18 @@ import yaml
 
 from loadgen.__main__ import add_sweep_args
 from loadgen.grafana.annotate import STEP_ANNOTATION_TAG, Annotator
-from loadgen.grafana.queries import iter_panels
+from loadgen.grafana.queries import DASHBOARDS_DIR, iter_panels
 from loadgen.settings import ROOT
-from tests.support.compose import BASE, COMPOSE_DIR, env_example, env_with_secrets, load_stack, services_of
+from loadgen.thresholds import THRESHOLDS_FILE
+from tests.support.compose import (
+    BASE,
+    COMPOSE_DIR,
+    env_example,
+    env_with_secrets,
+    load_stack,
+    repo_mounts,
+    services_of,
+)
 from tests.support.stack import Stack
 
 DOCKERFILE = COMPOSE_DIR / "loadgen.Dockerfile"
@@ -277,6 +286,19 @@ def test_run_folders_land_in_the_host_mount(services: dict[str, dict[str, Any]])
     parser = argparse.ArgumentParser()
     add_sweep_args(parser, {})
     assert parser.parse_args([]).out == "var/reports"
+
+
+def test_service_reads_the_thresholds_and_dashboards_the_stack_runs(services: dict[str, dict[str, Any]]) -> None:
+    """loadgen's SLO (thresholds.yml) and panel queries (the dashboards' JSON) are the files Prometheus
+    and Grafana mount, at the container paths loadgen reads them from (its ROOT is /app)."""
+    mounts = dict(repo_mounts(services["loadgen"]))
+    app = Path("/app")
+    assert mounts[THRESHOLDS_FILE.parent] == str(app / THRESHOLDS_FILE.parent.relative_to(ROOT))
+    assert mounts[DASHBOARDS_DIR] == str(app / DASHBOARDS_DIR.relative_to(ROOT))
+    prometheus = {host: target for host, target in repo_mounts(services["prometheus"])}
+    assert THRESHOLDS_FILE.parent.is_relative_to(next(h for h, t in prometheus.items() if t == "/etc/prometheus"))
+    assert DASHBOARDS_DIR in dict(repo_mounts(services["grafana"]))
+    assert all(str(v).endswith(":ro") for v in services["loadgen"]["volumes"] if isinstance(v, str))
 
 
 def test_service_report_command_renders_a_recorded_run(services: dict[str, dict[str, Any]], tmp_path: Path) -> None:
