@@ -30,19 +30,16 @@ def stack(settings: dict[str, str]) -> Iterator[Stack]:
             native_stack.up(settings, only=missing)
         except native_stack.StackError as error:
             pytest.fail(f"native stack did not start: {error}")
-    host = settings["BIND_ADDRESS"]
-
-    def url(port_key: str) -> str:
-        return f"http://{host}:{settings[port_key]}"
+    url = {svc.name: svc.url(settings) for svc in native_stack.services(settings)}  # where native mode runs them
 
     try:
         yield Stack(
             settings=settings,
             vllm=vllm_url(settings),
-            collector=url("COLLECTOR_PORT"),
-            prometheus=url("PROMETHEUS_PORT"),
-            alertmanager=url("ALERTMANAGER_PORT"),
-            node_exporter=url("NODE_EXPORTER_PORT"),
+            collector=url["collector"],
+            prometheus=url["prometheus"],
+            alertmanager=url["alertmanager"],
+            node_exporter=url["node-exporter"],
             model=settings["NATIVE_SERVED_MODEL_NAME"],
         )
     finally:

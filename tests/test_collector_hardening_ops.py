@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from loadgen.procs import free_port
-from loadgen.settings import ROOT
+from loadgen.settings import APP_PYTHON, ROOT
 
 LAUNCHER = ROOT / "scripts" / "native_stack.py"
-PYTHON = ROOT / ".venv" / "bin" / "python"
+PYTHON = APP_PYTHON
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from loadgen import k6_runner, native_stack
-from loadgen.settings import ROOT
+from loadgen.settings import APP_PYTHON, ROOT
 from tests.support.compose import (
     BASE,
     BRACED,
@@ -450,7 +450,7 @@ def k6_script(service: dict[str, Any], workdir: Path) -> str:
 def run_k6_service(service: dict[str, Any], workdir: Path, overrides: dict[str, str],
                    until: Callable[[str], str] = lambda s: s, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **{k: str(v) for k, v in service["environment"].items()}, **overrides}
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
+    env["PATH"] = f"{APP_PYTHON.parent}:{env['PATH']}"
     return subprocess.run(["sh", "-c", until(k6_script(service, workdir))], env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
 

@@ -16,12 +16,12 @@ import pytest
 import requests
 
 from loadgen.procs import free_port
-from loadgen.settings import ROOT, service_url
+from loadgen.settings import APP_PYTHON, ROOT, service_url
 from tests.support.stack import Stack
 
 pytestmark = pytest.mark.stack
 LAUNCHER = ROOT / "scripts" / "native_stack.py"
-PYTHON = ROOT / ".venv" / "bin" / "python"
+PYTHON = APP_PYTHON
 
 
 def _local(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from loadgen.settings import ROOT
+from loadgen.settings import APP_PYTHON, ROOT
 
 README = (ROOT / "README.md").read_text()
 CODE_BLOCKS = re.findall(r"```(?:bash|sh)\n(.*?)```", README, flags=re.S)
@@ -46,7 +46,7 @@ def test_every_script_the_readme_names_is_executable(script: str) -> None:
 )
 def test_every_python_module_the_readme_names_answers_help(module: str) -> None:
     result = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", module, "--help"],
+        [str(APP_PYTHON), "-m", module, "--help"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
