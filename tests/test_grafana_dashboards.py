@@ -17,8 +17,9 @@ import promql_parser
 import pytest
 import yaml
 
+from loadgen.grafana import dashboards as generator
 from loadgen.grafana.queries import Window, expand, iter_panels, parse_duration, variable_values
-from tests.support.dashboards import DASHBOARD_FILES, dashboards, load_generator
+from tests.support.dashboards import DASHBOARD_FILES, dashboards
 from tests.support.promql_names import metric_names, recorded_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +82,6 @@ def all_rules() -> dict[str, dict[str, Any]]:
 
 
 def test_committed_json_equals_generator_output() -> None:
-    generator = load_generator()
     generated = generator.all_dashboards()
     assert sorted(f"{uid}.json" for uid in generated) == [p.name for p in DASHBOARD_FILES]
     for uid, model in generated.items():
@@ -89,9 +89,8 @@ def test_committed_json_equals_generator_output() -> None:
             f"{uid}.json is stale: run python grafana/dashboards.py")
 
 
-def test_generator_check_mode_detects_a_stale_file(tmp_path: Path) -> None:
-    generator = load_generator()
-    setattr(generator, "OUT_DIR", tmp_path)  # noqa: B010 (mypy: module attributes are not typed)
+def test_generator_check_mode_detects_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(generator, "OUT_DIR", tmp_path)
     assert generator.main([]) == 0
     assert generator.main(["--check"]) == 0
     (tmp_path / "serving.json").write_text("{}\n")

@@ -6,8 +6,9 @@
               (`python -m loadgen snapshot`)
     panels    a run's panel images for the report: Grafana's rendering, else images' drawing
     annotate  one Grafana annotation per sweep step
+    dashboards the provisioned dashboards as code (grafana/dashboards.py writes grafana/dashboards/*.json)
 
 Dependencies point one way: images -> queries; snapshot -> queries (and images, lazily); panels ->
-snapshot, images; annotate -> snapshot (lazily). All of them -> loadgen.prom, loadgen.settings; nothing here
+snapshot, images; annotate -> snapshot (lazily); dashboards -> annotate (its tag). All of them -> loadgen.prom, loadgen.settings; nothing here
 imports the sweep or the report.
 """

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 # The tag on every step annotation; the dashboards' "Sweep steps (loadgen)" layer queries exactly this
-# tag (grafana/dashboards.py imports it), beside the run id and the concurrency.
+# tag (loadgen.grafana.dashboards imports it), beside the run id and the concurrency.
 STEP_ANNOTATION_TAG = "loadgen"
 
 
