@@ -9,6 +9,6 @@
     dashboards the provisioned dashboards as code (grafana/dashboards.py writes grafana/dashboards/*.json)
 
 Dependencies point one way: images -> queries; snapshot -> queries (and images, lazily); panels ->
-snapshot, images; annotate -> snapshot (lazily); dashboards -> annotate (its tag). All of them -> loadgen.prom, loadgen.settings; nothing here
-imports the sweep or the report.
+snapshot, images; annotate -> snapshot (lazily); dashboards -> annotate (its tag). All of them ->
+loadgen.prom, loadgen.settings, loadgen.results; nothing here imports the sweep or the report.
 """
