@@ -38,7 +38,7 @@ import yaml
 from loadgen.__main__ import add_sweep_args
 from loadgen.grafana.annotate import STEP_ANNOTATION_TAG, Annotator
 from loadgen.grafana.queries import DASHBOARDS_DIR, iter_panels
-from loadgen.settings import ROOT
+from loadgen.settings import APP_PYTHON, ROOT, VAR, VLLM_PYTHON
 from loadgen.thresholds import THRESHOLDS_FILE
 from tests.support.compose import (
     BASE,
@@ -53,7 +53,7 @@ from tests.support.stack import Stack
 
 DOCKERFILE = COMPOSE_DIR / "loadgen.Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+VENV_PYTHON = APP_PYTHON
 DASHBOARD_FILES = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 
 
@@ -197,7 +197,7 @@ def test_image_install_steps_run_natively(tmp_path: Path) -> None:
         elif op == "COPY" and arg.startswith("--from=k6 "):
             source, target = arg.split()[1:]
             assert target == "/usr/local/bin/k6"
-            shutil.copy2(ROOT / ".venv" / "bin" / "k6", usr_local_bin / "k6")
+            shutil.copy2(APP_PYTHON.parent / "k6", usr_local_bin / "k6")
         elif op == "COPY":
             *sources, target = shlex.split(arg)
             for source in sources:
@@ -482,7 +482,7 @@ def test_setup_client_installs_only_loadgen_and_k6(tmp_path: Path) -> None:
         script = tripwires / name
         script.write_text(f"#!/bin/sh\necho {name} \"$@\" >> {calls}\nexit 97\n")
         script.chmod(0o755)
-    stamps = {p: p.stat().st_mtime for p in (ROOT / ".venv-vllm" / ".installed", ROOT / "var" / "model") if p.exists()}
+    stamps = {p: p.stat().st_mtime for p in (VLLM_PYTHON.parent.parent / ".installed", VAR / "model") if p.exists()}
     venv = tmp_path / "client-venv"
     env = {**os.environ, "PATH": f"{tripwires}:{os.environ['PATH']}", "SETUP_VENV": str(venv)}
     started = time.time()
