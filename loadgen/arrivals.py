@@ -53,7 +53,7 @@ class Arrival:
     burstiness: float = 1.0
     seed: int = 0
     max_in_flight: int = 128  # k6 virtual users: requests open at once before arrivals are dropped
-    late_tolerance_ms: float = 50.0  # a request this late (all users busy) is dropped, not sent late
+    late_tolerance_ms: float = 50.0  # no user free until this long after its instant: dropped, not sent late
     bursts: tuple[Burst, ...] = ()
 
 
@@ -74,6 +74,10 @@ class Mix:
     output_tokens: Length = field(default_factory=lambda: Length(value=128))
     ignore_eos: bool = True  # False: natural ends (the model's end of sequence), max_tokens is only a cap
     system_prompt_words: int = 0  # a system prompt shared by every request (prefix cache)
+    # Multi-turn: an arrival opens a conversation of this many turns; each turn resends the whole history
+    # (earlier questions and the model's answers) and a new question, after think_time_s.
+    turns: Length = field(default_factory=lambda: Length(value=1))
+    think_time_s: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -133,7 +137,7 @@ def _bins(where: str, raw: Any) -> tuple[tuple[int, int, float], ...]:
         if not path.exists():
             raise WorkloadError(f"{where}: histogram file {raw!r} not found under loadgen/plans/")
         raw = (yaml.safe_load(path.read_text()) or {}).get("bins")
-    if not isinstance(raw, list) or not raw:
+    if not isinstance(raw, list | tuple) or not raw:
         raise WorkloadError(f"{where}: must be a non-empty list of [low, high, weight], got {raw!r}")
     bins = []
     for i, b in enumerate(raw):
@@ -152,6 +156,8 @@ def parse_length(raw: Any, where: str) -> Length:
     if isinstance(raw, int) and not isinstance(raw, bool):
         return Length(value=int(_num(where, raw, 1, integer=True)))
     data = _mapping(where, raw, tuple(Length.__dataclass_fields__))
+    # A recorded plan (dataclasses.asdict) carries every field, unset ones as None or ().
+    data = {k: v for k, v in data.items() if v is not None and not (k == "bins" and isinstance(v, tuple) and not v)}
     dist = data.get("dist", "fixed")
     minimum = int(_num(f"{where}.min", data.get("min", 1), 1, integer=True))
     maximum = data.get("max")
@@ -185,12 +191,9 @@ def parse_mix(raw: Any, where: str = "mix") -> Mix:
     return Mix(prompt_words=parse_length(data["prompt_words"], f"{where}.prompt_words"),
                output_tokens=parse_length(data["output_tokens"], f"{where}.output_tokens"), ignore_eos=ignore_eos,
                system_prompt_words=int(_num(f"{where}.system_prompt_words", data.get("system_prompt_words", 0), 0,
-                                            integer=True)))
-
-
-def length_from_dict(data: dict[str, Any]) -> Length:
-    """A Length recorded by dataclasses.asdict (results.json), back into the dataclass."""
-    return Length(**{**data, "bins": tuple(tuple(b) for b in data.get("bins") or ())})
+                                            integer=True)),
+               turns=parse_length(data.get("turns", 1), f"{where}.turns"),
+               think_time_s=float(_num(f"{where}.think_time_s", data.get("think_time_s", 0.0), 0)))
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -258,11 +261,13 @@ def sample_lengths(length: Length, n: int, rng: np.random.Generator) -> list[int
 
 
 def requests_for(instants: list[float], mix: Mix, seed: int) -> list[list[float]]:
-    """One [offset_ms, prompt_words, max_tokens] row per arrival (the schedule k6 reads)."""
+    """One [offset_ms, prompt_words, max_tokens, turns] row per arrival (the schedule k6 reads); a
+    conversation's turns each ask prompt_words and answer up to max_tokens."""
     rng = np.random.default_rng(seed + 1)
     prompts = sample_lengths(mix.prompt_words, len(instants), rng)
     outputs = sample_lengths(mix.output_tokens, len(instants), rng)
-    return [[round(t * 1000, 3), p, o] for t, p, o in zip(instants, prompts, outputs, strict=True)]
+    turns = sample_lengths(mix.turns, len(instants), rng)
+    return [[round(t * 1000, 3), p, o, n] for t, p, o, n in zip(instants, prompts, outputs, turns, strict=True)]
 
 
 def describe(arrival: Arrival) -> str:
@@ -272,7 +277,7 @@ def describe(arrival: Arrival) -> str:
                "constant": "evenly spaced arrivals"}[arrival.process]
     bursts = "".join(f"; a burst of x{b.factor:g} from {b.at_s:g} s for {b.duration_s:g} s" for b in arrival.bursts)
     return (f"open loop: {process}, seed {arrival.seed}{bursts}; up to {arrival.max_in_flight} requests open at once, "
-            f"a request that cannot start within {arrival.late_tolerance_ms:g} ms of its instant is dropped")
+            f"a request no user is free to take within {arrival.late_tolerance_ms:g} ms of its instant is dropped")
 
 
 def describe_length(length: Length, unit: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from loadgen.arrivals import Arrival, Mix, WorkloadError, length_from_dict, parse_arrival, parse_mix
+from loadgen.arrivals import Arrival, Mix, WorkloadError, parse_arrival, parse_mix
 
 PLANS_DIR = Path(__file__).resolve().parent / "plans"
 PROFILES_FILE = PLANS_DIR / "profiles.yaml"
@@ -233,14 +233,6 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
     data["profile"] = dict(profile)
     data["steps"] = list(data["steps"])
     data["rates"] = list(data.get("rates") or [])
-    if data.get("mix"):  # asdict wrote the lengths whole; the parser reads them back field by field
-        data["mix"] = {**data["mix"], **{k: _length_dict(data["mix"][k]) for k in ("prompt_words", "output_tokens")}}
     if data.get("arrival"):
         data["arrival"] = {**data["arrival"], "bursts": list(data["arrival"].get("bursts") or [])}
     return parse_plan(data, "results.json plan")
-
-
-def _length_dict(raw: dict[str, Any]) -> dict[str, Any]:
-    length = length_from_dict(raw)
-    return {k: v for k, v in asdict(length).items() if v is not None and v != ()} | (
-        {"bins": [list(b) for b in length.bins]} if length.bins else {})

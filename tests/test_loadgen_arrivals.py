@@ -80,10 +80,14 @@ def test_histogram_lengths_follow_the_weights_and_the_shipped_file_parses() -> N
     assert shipped.bins[0][0] >= 1 and sum(w for _, _, w in shipped.bins) > 0
 
 
-def test_request_rows_carry_each_arrivals_lengths() -> None:
+def test_request_rows_carry_each_arrivals_lengths_and_turns() -> None:
     mix = arrivals.Mix(prompt_words=arrivals.Length(value=7), output_tokens=arrivals.Length(value=33))
     rows = arrivals.requests_for([0.1, 0.25], mix, seed=0)
-    assert rows == [[100.0, 7, 33], [250.0, 7, 33]]
+    assert rows == [[100.0, 7, 33, 1], [250.0, 7, 33, 1]]
+    chats = arrivals.parse_mix({"prompt_words": 7, "output_tokens": 33, "think_time_s": 2,
+                                "turns": {"dist": "histogram", "bins": [[2, 4, 1]]}})
+    assert chats.think_time_s == 2.0
+    assert {row[3] for row in arrivals.requests_for([0.1 * i for i in range(200)], chats, seed=0)} == {2, 3, 4}
 
 
 RATE = {"mode": "rate", "rates": [1, 2]}
@@ -114,6 +118,8 @@ RATE = {"mode": "rate", "rates": [1, 2]}
     ({**RATE, "mix": {"prompt_words": {"dist": "histogram", "bins": "nope.yaml"}, "output_tokens": 5}},
      "mix.prompt_words.bins: histogram file 'nope.yaml' not found"),
     ({**RATE, "mix": {"prompt_words": 10, "output_tokens": 5, "ignore_eos": "no"}}, "mix.ignore_eos: must be true"),
+    ({**RATE, "mix": {"prompt_words": 10, "output_tokens": 5, "turns": 0}}, "mix.turns: must be >= 1"),
+    ({**RATE, "mix": {"prompt_words": 10, "output_tokens": 5, "think_time_s": -1}}, "mix.think_time_s: must be >= 0"),
     ({**RATE, "search": {"max_rate": -1}}, "search.max_rate: must be >= 0.001"),
 ])
 def test_a_bad_rate_plan_names_the_field_in_one_line(plan: dict[str, Any], message: str) -> None:
@@ -129,6 +135,7 @@ def test_bundled_rate_plans_parse_and_survive_results_json() -> None:
         plan = load_plan(name)
         assert plan.mode == "rate" and plan.rates
         assert plan_from_dict(plan.to_dict()) == plan
+        assert parse_plan(plan.to_dict(), name) == plan  # as the command line's overrides re-read it
     assert load_plan("mix-native").mix is not None and load_plan("burst-native").arrival.bursts
 
 

@@ -2,13 +2,18 @@
 // arrival schedule drawn by loadgen/arrivals.py, Poisson or gamma gaps, with a fixed seed), whatever
 // happened to the requests before it, so a slow server cannot slow its own arrivals (no coordinated
 // omission). The scheduler is k6's shared-iterations executor: every idle virtual user takes the next
-// request and sleeps until its instant. A request whose instant passed while every user was busy
-// (more than late_tolerance_ms ago) is NOT sent late: it is counted as dropped (llm_dropped, and one
-// record with error "dropped"), like the dropped_iterations of k6's arrival-rate executors.
+// request and sleeps until its instant. A request that no user was free to take until more than
+// late_tolerance_ms after its instant (every user busy) is NOT sent late: it is counted as dropped
+// (llm_dropped, and one record with error "dropped"), like the dropped_iterations of k6's
+// arrival-rate executors. A user that took its request in time but woke late (k6 itself short of
+// CPU) sends it, and the record says how late (late_ms).
 //
 // Settings come from LOADGEN_STEP_CONFIG (written by the sweep); the schedule from its
-// schedule_path: one [offset_ms, prompt_words, max_tokens] row per request. One JSON line per
-// request goes to the console (run with --log-format=raw --console-output=FILE).
+// schedule_path: one [offset_ms, prompt_words, max_tokens, turns] row per arrival. An arrival with
+// more than one turn is a conversation: each turn resends the history (the earlier questions and
+// the model's own answers) with a new question, think_time_s after the last answer, on the same
+// virtual user. One JSON line per request (per turn) goes to the console (run with
+// --log-format=raw --console-output=FILE).
 import http from 'k6/http';
 import exec from 'k6/execution';
 import { sleep } from 'k6';
@@ -24,8 +29,8 @@ export const options = {
       executor: 'shared-iterations',
       vus: Math.max(1, Math.min(cfg.vus, cfg.requests)),
       iterations: cfg.requests,
-      // The schedule's length, then every request still open may finish.
-      maxDuration: `${Math.ceil(cfg.duration_s + cfg.request_timeout_s + 5)}s`,
+      // The schedule's length, then every request (every turn of a conversation) still open may finish.
+      maxDuration: `${Math.ceil(cfg.duration_s + cfg.tail_s)}s`,
     },
   },
   summaryTrendStats: ['min', 'med', 'avg', 'p(90)', 'p(95)', 'p(99)', 'max'],
@@ -50,12 +55,7 @@ function words(n, offset) {
   return out.join(' ');
 }
 
-function requestBody(nonce, promptWords, maxTokens) {
-  // The system prompt is the same for every request (vLLM's prefix cache serves it); the nonce
-  // opens the user's message so that nothing after the system prompt is shared.
-  const messages = [];
-  if (cfg.system_prompt) messages.push({ role: 'system', content: cfg.system_prompt });
-  messages.push({ role: 'user', content: `[${nonce}] ${words(promptWords, 0)}` });
+function requestBody(messages, maxTokens) {
   return JSON.stringify({
     model: cfg.model,
     messages,
@@ -72,6 +72,7 @@ function parseStream(body) {
   let streamError = null;
   let contentChunks = 0;
   let finish = null;
+  let text = '';
   for (const line of body.split('\n')) {
     if (!line.startsWith('data:')) continue;
     const data = line.slice(5).trim();
@@ -86,11 +87,14 @@ function parseStream(body) {
     if (chunk.error) streamError = 'stream_error';
     if (chunk.usage) usage = chunk.usage;
     for (const choice of chunk.choices || []) {
-      if (choice.delta && choice.delta.content) contentChunks += 1;
+      if (choice.delta && choice.delta.content) {
+        contentChunks += 1;
+        text += choice.delta.content;
+      }
       if (choice.finish_reason) finish = choice.finish_reason;
     }
   }
-  return { usage, streamError, contentChunks, finish };
+  return { usage, streamError, contentChunks, finish, text };
 }
 
 function errorKind(res, parsed) {
@@ -107,26 +111,46 @@ function errorKind(res, parsed) {
 
 export default function () {
   const index = exec.scenario.iterationInTest;
-  const [offsetMs, promptWords, maxTokens] = schedule[index];
+  const [offsetMs, promptWords, maxTokens, turnsRaw] = schedule[index];
+  const turns = turnsRaw || 1;
   const zero = exec.scenario.startTime + cfg.start_delay_ms;
   const due = zero + offsetMs;
   let now = Date.now();
-  if (due > now) {
-    sleep((due - now) / 1000);
-    now = Date.now();
-  }
-  const late = Math.max(0, now - due);
-  if (late > cfg.late_tolerance_ms) {
+  const taken = now - due; // > 0: no user was free to take this request before its instant
+  if (taken > cfg.late_tolerance_ms) {
     dropped.add(1);
     console.log(JSON.stringify({
-      step: cfg.step, vu: exec.vu.idInTest, index, zero_ms: zero, scheduled_ms: due, start_ms: due, late_ms: late, ttft_ms: 0,
+      step: cfg.step, vu: exec.vu.idInTest, index, zero_ms: zero, scheduled_ms: due, start_ms: due, late_ms: taken, ttft_ms: 0,
       total_ms: 0, status: 0, output_tokens: 0, prompt_tokens: 0, max_tokens: maxTokens, error: 'dropped',
       dropped: true,
     }));
     return;
   }
+  if (due > now) {
+    sleep((due - now) / 1000);
+    now = Date.now();
+  }
+  const late = Math.max(0, now - due);
   lateness.add(late);
-  const res = http.post(`${cfg.target}/v1/chat/completions`, requestBody(`${cfg.run_id}-${index}`, promptWords, maxTokens), {
+  // The system prompt is the same for every request (vLLM's prefix cache serves it); the nonce opens
+  // the conversation's first question, so nothing after the system prompt is shared between conversations.
+  const messages = [];
+  if (cfg.system_prompt) messages.push({ role: 'system', content: cfg.system_prompt });
+  for (let turn = 0; turn < turns; turn += 1) {
+    if (turn > 0) {
+      if (cfg.think_time_s > 0) sleep(cfg.think_time_s);
+      now = Date.now();
+    }
+    const nonce = turn === 0 ? `[${cfg.run_id}-${index}] ` : '';
+    messages.push({ role: 'user', content: `${nonce}${words(promptWords, turn * 7)}` });
+    const answer = send(index, turn, zero, due, now, turn === 0 ? late : 0, messages, maxTokens);
+    if (answer === null) break; // a failed turn ends the conversation
+    messages.push({ role: 'assistant', content: answer });
+  }
+}
+
+function send(index, turn, zero, due, now, late, messages, maxTokens) {
+  const res = http.post(`${cfg.target}/v1/chat/completions`, requestBody(messages, maxTokens), {
     headers,
     timeout: `${cfg.request_timeout_s}s`,
     tags: { name: 'chat_stream' },
@@ -135,7 +159,7 @@ export default function () {
   const ttftMs = t.blocked + t.connecting + t.tls_handshaking + t.sending + t.waiting;
   const totalMs = ttftMs + t.receiving;
   const parsed = res.status === 200 ? parseStream(res.body || '')
-    : { usage: null, streamError: null, contentChunks: 0, finish: null };
+    : { usage: null, streamError: null, contentChunks: 0, finish: null, text: '' };
   const kind = errorKind(res, parsed);
   const tokens = parsed.usage ? parsed.usage.completion_tokens : 0;
   requestOk.add(kind === '');
@@ -150,6 +174,7 @@ export default function () {
     step: cfg.step,
     vu: exec.vu.idInTest,
     index,
+    turn,
     zero_ms: zero,
     scheduled_ms: due,
     start_ms: now,
@@ -163,6 +188,7 @@ export default function () {
     finish_reason: parsed.finish,
     error: kind,
   }));
+  return kind === '' ? parsed.text : null;
 }
 
 export function handleSummary(data) {
