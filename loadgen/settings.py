@@ -77,8 +77,12 @@ def service_url(settings: Mapping[str, str], port_key: str) -> str | None:
     url = settings.get(URL_SETTINGS.get(port_key, ""), "").strip().rstrip("/")
     if url:
         return url
-    port = settings.get(port_key)
-    return f"http://{settings.get('BIND_ADDRESS', '127.0.0.1')}:{port}" if port else None
+    return bind_url(settings, port_key) if settings.get(port_key) else None
+
+
+def bind_url(settings: Mapping[str, str], port_key: str) -> str:
+    """http://BIND_ADDRESS:PORT: where native mode runs a service, whatever *_URL says."""
+    return f"http://{settings.get('BIND_ADDRESS', '127.0.0.1')}:{settings[port_key]}"
 
 
 def vllm_url(settings: Mapping[str, str]) -> str:

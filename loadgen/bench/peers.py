@@ -76,7 +76,7 @@ from loadgen.bench.peer_tools import (
 from loadgen.bench.tables import fmt, fmt_int, markdown_table
 from loadgen.procs import TreeCpu, stop_group
 from loadgen.results import RunResults
-from loadgen.settings import BENCH_BIN, ROOT, VLLM_PYTHON, read_settings
+from loadgen.settings import BENCH_BIN, ROOT, VLLM_PYTHON, bind_url, read_settings
 
 # The private stack's ports: the defaults + 10000, well away from the shared stack.
 OWN_STACK_PORT_OFFSET = 10000
@@ -428,8 +428,8 @@ def stack_target(via: str, settings: dict[str, str], env: dict[str, str]) -> Tar
     host = settings["BIND_ADDRESS"]
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise BenchError(f"BIND_ADDRESS is {host}: this benchmark sends load to 127.0.0.1 only")
-    vllm = f"http://{host}:{settings['VLLM_PORT']}"
-    api = vllm if via == "vllm" else f"http://{host}:{settings['COLLECTOR_PORT']}"
+    vllm = bind_url(settings, "VLLM_PORT")
+    api = vllm if via == "vllm" else bind_url(settings, "COLLECTOR_PORT")
     try:
         models = requests.get(f"{vllm}/v1/models", timeout=10).json()
         model = str(models["data"][0]["id"])
@@ -438,7 +438,7 @@ def stack_target(via: str, settings: dict[str, str], env: dict[str, str]) -> Tar
         raise BenchError(f"the stack does not answer at {api} / {vllm} ({error}); start it with scripts/local up "
                          "or pass --own-stack") from None
     return Target(api_url=api, via=via, metrics_url=f"{vllm}/metrics",
-                  prometheus_url=f"http://{host}:{settings['PROMETHEUS_PORT']}", model=model,
+                  prometheus_url=bind_url(settings, "PROMETHEUS_PORT"), model=model,
                   tokenizer_dir=native_stack.model_dir(), env=env)
 
 
