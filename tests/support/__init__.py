@@ -5,7 +5,7 @@
                         or an OTLP receiver in a thread
     scripted_upstream   a scripted OpenAI-like upstream for the collector's failure paths
     compose             compose/ files read as Compose reads them (.env, interpolation, tags, merges)
-    dashboards          the provisioned Grafana dashboards and their generator
+    dashboards          the provisioned Grafana dashboards (their generator is loadgen.grafana.dashboards)
     promql_names        metric names in PromQL (rules, dashboards)
     prometheus_checks   rule files checked with promtool and against known metric names
 
