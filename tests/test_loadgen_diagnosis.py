@@ -17,7 +17,7 @@ import pytest
 
 from loadgen.prom import bucket_of
 from loadgen.report import diagnosis
-from loadgen.report.analysis import analyse
+from loadgen.report.analysis import analyse, queueing_cause
 from loadgen.report.plots import _spaced
 from loadgen.results import Step, load_run
 
@@ -139,9 +139,38 @@ def test_a_missing_grafana_client_only_skips_annotations(monkeypatch: pytest.Mon
 EXAMPLE = ROOT / "loadgen" / "examples" / "h200-qwen3-8b"
 
 
+def test_counted_occupancy_is_left_out_when_requests_are_long_for_the_window() -> None:
+    """Little's law on vLLM's request-time counters rests on the requests that finished in the window: with
+    20 s requests in a 30 s window the H200 KV run "counted" 194 running with 160 users sending."""
+    vllm: dict[str, Any] = {"running_avg": 149.5, "waiting_avg": 7.8, "running_mean_counted": 193.8,
+                            "waiting_mean_counted": 10.8}
+    step: Step = {"concurrency": 160, "steady_start": 0.0, "steady_end": 30.0,
+                  "client": {"in_flight_avg": 159.4, "e2e_p50_s": 18.0}, "server": {"vllm": vllm}}
+    assert not diagnosis.counted_means_usable(step)
+    assert "running_mean_counted" not in diagnosis.engine_figures(step)
+    wait = diagnosis.where_waited(step)
+    assert wait is not None and wait.engine_held == pytest.approx(157.3)  # the gauges, not 204.6
+    step["client"]["e2e_p50_s"] = 0.7  # short requests: the counted means stand
+    assert diagnosis.counted_means_usable(step)
+    wait = diagnosis.where_waited(step)
+    assert wait is not None and wait.engine_held == pytest.approx(204.6)
+    # ...and then the server holding more than the client sent is flagged, never printed as agreement
+    little = [c for c in diagnosis.consistency_checks([step], {}, 0.03) if c.name.startswith("Little's law")]
+    assert little and not little[0].ok and "more than the client sent" in little[0].detail
+
+
+def test_queueing_is_attributed_from_the_gauges() -> None:
+    thresholds = {"kv_cache_usage_ratio": 0.9}
+    assert queueing_cause(400, 0.94, 400, 65, thresholds).startswith("queueing at a nearly full KV cache")
+    # a queue already there at the last good step with the cache far from full is not the cache's doing
+    assert queueing_cause(400, 0.94, 400, 65, thresholds, (160, 47, 0.37)).startswith("queueing for prefill")
+    assert queueing_cause(64, 0.2, 32, 30, thresholds).startswith("queueing at a batch limit: vLLM ran at most 32")
+    assert queueing_cause(64, 0.2, 64, 5, thresholds).startswith("queueing for prefill")
+
+
 def test_the_h200_worked_example_names_vllms_api_server_and_the_decode_bound_kv_run(tmp_path: Path) -> None:
     """The project's own run on an H200 (scripts/gpu-run), re-analysed from its results.json."""
-    default = load_run(next(EXAMPLE.glob("*-default")))
+    default = load_run(EXAMPLE / "20261201-151031-default")
     analysis = analyse(default)
     assert analysis.what_broke_first.startswith("front-end: requests waited in front of the engine, in vLLM's API")
     assert "vLLM's API-server process used 1.01 of a core" in analysis.evidence
@@ -149,8 +178,23 @@ def test_the_h200_worked_example_names_vllms_api_server_and_the_decode_bound_kv_
     assert peak is not None and (peak.peak_concurrency, round(peak.peak_tok_s)) == (160, 13857)
     assert analysis.usl is not None and analysis.usl.fits and analysis.usl.peak_n is not None
     assert 120 < analysis.usl.peak_n < 200  # the fitted peak agrees with the measured one
+    # Long prompts and answers past the KV cache (814,368 tokens): 160, 400, 640 users. The queue was there
+    # at 160 already (closed-loop waves of 1,000-token prefills), the cache reached 94% at 400 and filled
+    # with 223 preemptions at 640.
     kv = analyse(load_run(next(EXAMPLE.glob("*-gpu-kv-fill"))))
-    assert kv.what_broke_first.startswith("decode-bound"), kv.what_broke_first
+    assert kv.what_broke_first.startswith("queueing for prefill"), kv.what_broke_first
+    assert "KV cache reached 94%" in kv.what_broke_first
+    top = next(r for r in kv.rows if r.concurrency == 640)
+    assert any("KV cache 100%, 223 preemptions" in s for s in top.signals), top.signals
+    # The remedy the default run's report named, applied: vLLM restarted with --api-server-count 4. At 320
+    # users nothing waited in front of the engine any more and throughput doubled (10,819 -> 21,293 tok/s).
+    remedy = load_run(EXAMPLE / "20261201-171244-default")
+    assert analyse(remedy).what_broke_first.startswith("nothing")
+    at_320 = {s["concurrency"]: s for s in remedy["steps"]}[320]
+    wait = diagnosis.where_waited(at_320)
+    assert wait is not None and not wait.front_of_engine
+    before = {s["concurrency"]: s for s in default["steps"]}[320]
+    assert at_320["client"]["output_tok_s"] > 1.9 * before["client"]["output_tok_s"]
     # every example run re-renders from its folder alone
     run = tmp_path / "run"
     shutil.copytree(next(EXAMPLE.glob("*-capstone")), run)

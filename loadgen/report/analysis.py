@@ -70,10 +70,34 @@ def running_peak(vllm: dict[str, Any]) -> float | None:
     return max(values) if values else None
 
 
+def queueing_cause(users: float, kv: float | None, running: float | None, waiting: float,
+                   thresholds: dict[str, float],
+                   good: tuple[float, float | None, float | None] | None = None) -> str:
+    """Why requests waited inside vLLM, from what its gauges showed at the step. `good` is the last good
+    step's (users, waiting peak, KV peak): a queue already there with the cache far from full was not the
+    cache's doing."""
+    kv_full = kv is not None and kv >= thresholds.get("kv_cache_usage_ratio", 0.9)
+    if good is not None and kv_full:
+        good_users, good_waiting, good_kv = good
+        if (good_waiting or 0) >= 0.5 * waiting and good_kv is not None and good_kv < 0.5 * (kv or 0):
+            return (f"queueing for prefill: up to {waiting:.0f} requests waited for the engine's prefill budget "
+                    f"(already {good_waiting:.0f} at {good_users:.0f} users with the KV cache at {good_kv:.0%}), "
+                    f"TTFT climbed, and the KV cache reached {kv:.0%}")
+    if kv_full:
+        return (f"queueing at a nearly full KV cache: the cache reached {kv:.0%}, so vLLM admitted a new request "
+                f"only when blocks freed; up to {waiting:.0f} requests waited and TTFT climbed")
+    if running is not None and running < 0.9 * users:
+        return (f"queueing at a batch limit: vLLM ran at most {running:.0f} sequences with {users:.0f} users sending "
+                f"and the KV cache at {'n/a' if kv is None else format(kv, '.0%')} (its max_num_seqs or token budget); "
+                f"up to {waiting:.0f} requests waited and TTFT climbed")
+    return (f"queueing for prefill: up to {waiting:.0f} requests waited for a place in the engine's next steps "
+            f"(arrivals faster than the prefill budget admits them) and TTFT climbed")
+
+
 def step_signals(step: Step, thresholds: dict[str, float], host_cpu_counts: bool = True) -> list[str]:
     """Stress signals visible in a step's server-side metrics (and the client's errors)."""
     signals: list[str] = []
-    vllm = _get(step, "server", "vllm") or {}
+    vllm = diagnosis.engine_figures(step)
     host = _get(step, "server", "host") or {}
     client = step.get("client") or {}
     if step.get("hard_stop") and "memory" in str(step["hard_stop"]):
@@ -132,8 +156,7 @@ def _rise(before: float | None, after: float | None) -> float | None:
 def broke_first(good: Step | None, bad: Step, ttfb_is_ttft: bool,
                 thresholds: dict[str, float], host_cpu_counts: bool = True) -> tuple[str, list[str]]:
     """The cause of the first SLO-breaking step, and the evidence (last good step vs first bad)."""
-    vb = _get(bad, "server", "vllm") or {}
-    vg = _get(good, "server", "vllm") or {} if good else {}
+    vb, vg = diagnosis.engine_figures(bad), diagnosis.engine_figures(good)
     cg = good["concurrency"] if good else None
     cb = bad["concurrency"]
     evidence = [f"SLO broken at {_n_users(cb)}: " + "; ".join(bad["slo"]["broken"])]
@@ -174,8 +197,8 @@ def broke_first(good: Step | None, bad: Step, ttfb_is_ttft: bool,
         evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
         if (_rise(vg.get("queue_p95_s"), vb.get("queue_p95_s")) or 0) > 1.2:
             evidence.append(line("p95 queue time (vLLM)", vg.get("queue_p95_s"), vb["queue_p95_s"], ".3f"))
-        return (f"queueing: every sequence slot was busy ({running_max or 0:.0f} running), up to {waiting_max:.0f} "
-                f"requests waited and TTFT climbed"), evidence
+        before = (cg, waiting_peak(vg), vg.get("kv_cache_usage_max")) if cg is not None else None
+        return queueing_cause(cb, kv, running_max, waiting_max, thresholds, before), evidence
     wait = diagnosis.where_waited(bad, host_cpu_counts)
     if wait is not None and wait.front_of_engine:
         evidence += wait.evidence

@@ -87,6 +87,14 @@ def ttft_table(analysis: Analysis) -> dict[str, Any]:
     }
 
 
+def counted(step: Step) -> str:
+    """The counted running / waiting means, or why they are left out (requests too long for the window)."""
+    if not diagnosis.counted_means_usable(step):
+        return "n/a (requests too long for the window)"
+    v = diagnosis.engine_figures(step)
+    return f"{_n(v.get('running_mean_counted'), 1)} / {_n(v.get('waiting_mean_counted'), 1)}"
+
+
 def server_table(steps: list[Step]) -> dict[str, Any]:
     rows = []
     for s in steps:
@@ -97,7 +105,7 @@ def server_table(steps: list[Step]) -> dict[str, Any]:
                f"{_n(g.get('power_avg_w'))} W")
         rows.append([str(s["concurrency"]), f"{_n(v.get('running_avg'), 1)} / {_n(v.get('running_max'))}",
                      f"{_n(v.get('waiting_avg'), 1)} / {_n(v.get('waiting_max'))}",
-                     f"{_n(v.get('running_mean_counted'), 1)} / {_n(v.get('waiting_mean_counted'), 1)}",
+                     counted(s),
                      _pct(v.get("kv_cache_usage_max")), _n(v.get("preemptions")),
                      diagnosis.server_quantile(v, "itl", "p50").text_ms(),
                      diagnosis.server_quantile(v, "itl", "p95").text_ms(),
