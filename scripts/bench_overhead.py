@@ -2,7 +2,8 @@
 """Collector overhead against direct access to vLLM, interleaved.
 
     python scripts/bench_overhead.py --direct http://127.0.0.1:8000 --collector http://127.0.0.1:8001 \\
-        --model NAME [--concurrency 64 128 256] [--rounds 3] [--max-tokens 256] [--requests-per-stream 2]
+        --model NAME [--concurrency 64 128 256] [--rounds 3] [--max-tokens 256] [--requests-per-stream 2] \\
+        [--client-processes 4]
 
 The code is loadgen.bench.overhead.
 """
