@@ -228,6 +228,23 @@ def test_a_cpu_run_with_bunched_delivery_prints_no_impossible_per_user_speed(tmp
     assert "Not applicable: no GPU was visible" in report
 
 
+def test_a_real_connect_timeout_outage_is_named_at_the_collector(tmp_path: Path) -> None:
+    """Recorded with scripts/record_fault_run.py on the native stack: vLLM's upstream stopped accepting
+    connections after the 2-user step, and every request of the 4-user step got the collector's 503. The
+    report used to say only "http_5xx" and explain the fall in throughput as "more users only add waiting"."""
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "tests" / "data" / "cpu-connect-timeout", run)
+    result = subprocess.run([sys.executable, "-m", "loadgen", "report", str(run)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    analysis = analyse(load_run(run))
+    assert analysis.what_broke_first.startswith("errors: 100.0% of requests failed"), analysis.what_broke_first
+    assert "upstream_connect_timeout at the collector" in analysis.what_broke_first
+    report = (run / "report.md").read_text()
+    assert "past the peak, requests failed (48 errors at 4 users)" in report
+    assert "only add waiting" not in report
+
+
 def test_errors_are_named_by_kind_and_source() -> None:
     """The 503s a bend-native run got were the collector's upstream connect timeout: the report names that,
     not only k6's status class."""

@@ -426,8 +426,11 @@ def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str,
     tail = ""
     if peak is not None and peak.collapse:
         c, tok_s, change = peak.collapse[-1]
+        failed = (by_c[c].errors if c in by_c else 0) or 0
+        why = (f"past the peak, requests failed ({failed} errors at {_n_users(c)})" if failed
+               else "past the peak, more users only add waiting")
         tail += (f" Throughput peaked at {peak.peak_tok_s:,.0f} tok/s at {_n_users(peak.peak_concurrency)} and fell to "
-                 f"{tok_s:,.0f} tok/s at {_n_users(c)} ({change:+.0%}): past the peak, more users only add waiting.")
+                 f"{tok_s:,.0f} tok/s at {_n_users(c)} ({change:+.0%}): {why}.")
     front = next((w for w in waits or [] if w.front_of_engine), None)
     if front is not None and not cause.startswith("front-end"):
         tail += f" From {_n_users(front.concurrency)} on, " + diagnosis.wait_sentence(front) + "."

@@ -218,7 +218,8 @@ def timeline(results: RunResults, path: Path) -> Path | None:
                              xycoords=("data", "axes fraction"), fontsize=8, va="top")
     for ax in axes:
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left")
+        if ax.get_legend_handles_labels()[0]:  # a series Prometheus never returned draws no line
+            ax.legend(fontsize=8, loc="upper left")
     axes[0].set_title("Server over the sweep (grey: steady windows, labelled with concurrency)")
     fig.tight_layout()
     fig.savefig(path)
