@@ -1,0 +1,308 @@
+"""One source, two renderings: the rules and dashboards for one box, or for many pods.
+
+The source is what the repo already ships: prometheus/rules/*.yml and the dashboards of
+loadgen.grafana.dashboards. A MixinConfig (the knobs of a monitoring mixin: selectors and
+aggregation labels) rewrites their PromQL; the empty config rewrites nothing, so native and
+compose mode read exactly today's files (tested byte for byte). The Kubernetes presets below
+(production-stack, llm-d) feed loadgen.kubernetes, which wraps the result into PrometheusRule
+objects and dashboard ConfigMaps.
+
+What a config changes, and why (the multi-pod rules of issue 16):
+  vllm_selector       added to every vllm:* selector. On production-stack it keeps the engines and
+                      drops the router, which exports gauges of the same names
+                      (vllm:num_requests_running{server=...}): summed with the engines' they would
+                      count every running request twice.
+  collector_selector, node_selector, dcgm_selector
+                      the same for the collector's, node exporter's and DCGM exporter's series.
+  agg_labels          kept in every `by (...)` of the rules (e.g. namespace, cluster), so two
+                      deployments of one model never merge; histograms stay `sum by (..., le)`
+                      over pods and engines, running/waiting summed over pods and engines.
+  kv_by               labels the KV-cache max keeps (pod): one full pod is visible as that pod.
+  dcgm_pod_label      the label naming the pod a GPU serves: exported_pod when Prometheus scrapes
+                      DCGM exporter without honorLabels (the exporter's own pod label is renamed),
+                      pod with honorLabels. Adds pod-keyed GPU recording rules and legends.
+  node_label          the label naming a node on both node exporter's and DCGM's series: the
+                      host-memory alert is joined to nodes that have a GPU.
+  extra_rule_groups   recording rules of the deployment's gateway (router, EPP) mapped to
+                      envelope:* names.
+
+    from loadgen.mixin import NATIVE, render_rule_text, render_dashboard
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# Metric families by name prefix; the lookbehind keeps recorded names (model_name:vllm_...,
+# model:collector_...) and quoted strings ("$1", job="node_...") out.
+_FAMILIES = {"vllm": "vllm:", "collector": "collector_", "node": "node_", "dcgm": "DCGM_FI_"}
+_METRIC = re.compile(
+    r"(?<![\w:\"$.])(?P<name>(?:vllm:|collector_|node_|DCGM_FI_)[A-Za-z0-9_:]*)(?P<sel>\{[^}]*\})?(?![\w:(])"
+)
+_BY = re.compile(r"\bby \(([^)]*)\)")
+_KV_MAX = re.compile(r"max by \(([^)]*)\) \((vllm:kv_cache_usage_perc)")
+_HOST_MEMORY = re.compile(r"(node_memory_MemAvailable_bytes(?:\{[^}]*\})? / node_memory_MemTotal_bytes(?:\{[^}]*\})?)")
+
+
+@dataclass(frozen=True)
+class MixinConfig:
+    """Selectors and aggregation labels; every field empty = today's native/compose files."""
+
+    name: str = "native"
+    vllm_selector: str = ""
+    collector_selector: str = ""
+    node_selector: str = ""
+    dcgm_selector: str = ""
+    agg_labels: tuple[str, ...] = ()
+    kv_by: tuple[str, ...] = ()
+    dcgm_pod_label: str = ""
+    node_label: str = ""
+    extra_rule_groups: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+
+    def selector(self, family: str) -> str:
+        return {"vllm": self.vllm_selector, "collector": self.collector_selector, "node": self.node_selector,
+                "dcgm": self.dcgm_selector}[family]
+
+    @property
+    def is_empty(self) -> bool:
+        return self == MixinConfig(name=self.name) and not self.extra_rule_groups
+
+
+def _family(metric: str) -> str:
+    return next(f for f, prefix in _FAMILIES.items() if metric.startswith(prefix))
+
+
+def _with_labels(labels: tuple[str, ...], existing: str) -> str:
+    have = [x.strip() for x in existing.split(",") if x.strip()]
+    return ", ".join([*[x for x in labels if x not in have], *have])
+
+
+def inject_selectors(expr: str, config: MixinConfig) -> str:
+    """Every vllm:*, collector_*, node_* and DCGM_FI_* selector of `expr` gets its family's matchers."""
+
+    def one(m: re.Match[str]) -> str:
+        name, sel = m.group("name"), m.group("sel")
+        extra = config.selector(_family(name))
+        if not extra:
+            return m.group(0)
+        inner = (sel or "{}")[1:-1].strip()
+        return f"{name}{{{extra}{', ' + inner if inner else ''}}}"
+
+    return _METRIC.sub(one, expr)
+
+
+def rewrite_rule_expr(expr: str, config: MixinConfig) -> str:
+    """A rule's PromQL for this config (identity for the empty config)."""
+    out = inject_selectors(expr, config)
+    if config.agg_labels:
+        out = _BY.sub(lambda m: f"by ({_with_labels(config.agg_labels, m.group(1))})", out)
+    if config.kv_by:
+        out = _KV_MAX.sub(lambda m: f"max by ({_with_labels(config.kv_by, m.group(1))}) ({m.group(2)}", out)
+    if config.node_label:
+        dcgm = inject_selectors("DCGM_FI_DEV_GPU_UTIL", config)
+        node = config.node_label
+        out = _HOST_MEMORY.sub(lambda m: f"({m.group(1)} and on ({node}) max by ({node}) ({dcgm}))", out)
+    return out
+
+
+def rewrite_dashboard_expr(expr: str, config: MixinConfig) -> str:
+    """A panel's PromQL: selectors only (dashboards filter with their variables, not by())."""
+    return inject_selectors(expr, config)
+
+
+# --- rule files: rewritten as text, so comments and layout survive ------------------------------
+
+_EXPR_LINE = re.compile(r"^(?P<indent>\s*)(?:- )?expr: (?P<rest>.*)$")
+
+
+def render_rule_text(text: str, config: MixinConfig) -> str:
+    """A prometheus/rules/*.yml file for this config: every `expr:` value rewritten, nothing else.
+
+    Handles the two shapes the repo uses: `expr: <one line>` and `expr: |` followed by a more
+    indented block. Alert templates ({{ $labels.x }}, {{ with query ... }}) sit in annotations and
+    are never touched."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = _EXPR_LINE.match(line)
+        if not m:
+            out.append(line)
+            i += 1
+            continue
+        rest = m.group("rest")
+        if rest.strip() not in ("|", "|-", ">", ">-"):
+            prefix = line[: len(line) - len(rest)]
+            out.append(prefix + rewrite_rule_expr(rest, config))
+            i += 1
+            continue
+        out.append(line)
+        key_indent = len(line) - len(line.lstrip())
+        block: list[str] = []
+        i += 1
+        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > key_indent):
+            block.append(lines[i])
+            i += 1
+        # Trailing blank lines belong to what follows, not to the expression.
+        tail: list[str] = []
+        while block and not block[-1].strip():
+            tail.insert(0, block.pop())
+        if block:
+            indent = min(len(b) - len(b.lstrip()) for b in block if b.strip())
+            body = "\n".join(b[indent:] for b in block)
+            out.extend(" " * indent + b if b else b for b in rewrite_rule_expr(body, config).split("\n"))
+        out.extend(tail)
+    return "\n".join(out)
+
+
+# --- dashboards: every query of the model rewritten -------------------------------------------
+
+_LEGEND_GPU = "{{gpu}}"
+
+
+def render_dashboard(model: dict[str, Any], config: MixinConfig) -> dict[str, Any]:
+    """A dashboard model (loadgen.grafana.dashboards) for this config; the same object when empty."""
+    if config.is_empty:
+        return model
+    out = copy.deepcopy(model)
+
+    def targets(panel: dict[str, Any]) -> None:
+        for t in panel.get("targets", []):
+            t["expr"] = rewrite_dashboard_expr(t["expr"], config)
+            if config.dcgm_pod_label and "DCGM_FI_" in t["expr"] and _LEGEND_GPU in t.get("legendFormat", ""):
+                t["legendFormat"] = t["legendFormat"].replace(
+                    _LEGEND_GPU, f"{{{{Hostname}}}}/{_LEGEND_GPU} {{{{{config.dcgm_pod_label}}}}}")
+        for inner in panel.get("panels", []):
+            targets(inner)
+
+    for panel in out.get("panels", []):
+        targets(panel)
+    for var in out.get("templating", {}).get("list", []):
+        if isinstance(var.get("query"), dict):
+            var["query"]["query"] = rewrite_dashboard_expr(var["query"]["query"], config)
+        if isinstance(var.get("definition"), str):
+            var["definition"] = rewrite_dashboard_expr(var["definition"], config)
+    for ann in out.get("annotations", {}).get("list", []):
+        if "expr" in ann:
+            ann["expr"] = rewrite_dashboard_expr(ann["expr"], config)
+    return out
+
+
+# --- gateway (router / EPP) metrics mapped to envelope:* names ----------------------------------
+
+def _rules(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"record": record, "expr": expr} for record, expr in pairs]
+
+
+def _gpu_by_pod_rules(config: MixinConfig) -> dict[str, Any]:
+    """DCGM counters keyed by the pod the GPU serves (pod, from exported_pod when that is where it is)."""
+    pod = config.dcgm_pod_label
+    ns = "exported_namespace" if pod.startswith("exported_") else "namespace"
+    # The exporter's own namespace is not the deployment's: group by the GPU's pod and its namespace.
+    by = ", ".join(dict.fromkeys([*(lbl for lbl in config.agg_labels if lbl != "namespace"), ns, pod]))
+
+    def keyed(expr: str) -> str:
+        inner = f"label_replace({expr}, \"pod\", \"$1\", \"{pod}\", \"(.+)\")" if pod != "pod" else expr
+        if ns != "namespace":
+            inner = f"label_replace({inner}, \"namespace\", \"$1\", \"{ns}\", \"(.+)\")"
+        return inner
+
+    util = inject_selectors("DCGM_FI_DEV_GPU_UTIL", config)
+    power = inject_selectors("DCGM_FI_DEV_POWER_USAGE", config)
+    fb = inject_selectors("DCGM_FI_DEV_FB_USED", config)
+    return {"name": "kubernetes-gpu-by-pod", "rules": _rules(
+        ("pod:dcgm_gpu_utilization_percent:avg", keyed(f"avg by ({by}) ({util})")),
+        ("pod:dcgm_gpu_power_watts:sum", keyed(f"sum by ({by}) ({power})")),
+        ("pod:dcgm_fb_used_mebibytes:sum", keyed(f"sum by ({by}) ({fb})")),
+    )}
+
+
+ROUTER_SELECTOR = 'job=~".+-router-service"'
+
+
+def production_stack_router_rules(agg: tuple[str, ...]) -> dict[str, Any]:
+    """vLLM production-stack's router (vllm_router): its gauges carry `server` (one engine URL)
+    and reuse vLLM's names; here they get envelope:gateway_* names and nothing sums them with
+    the engines' series."""
+    r = ROUTER_SELECTOR + ', server!=""'
+    by = f" by ({', '.join(agg)})" if agg else ""
+    per_server = ", ".join([*agg, "server"])
+    return {"name": "envelope-gateway-production-stack", "rules": _rules(
+        # Every router replica reports the same engine-scraped gauges: one copy per engine URL.
+        ("envelope:gateway_requests_running:sum",
+         f"sum{by} (max by ({per_server}) (vllm:num_requests_running{{{r}}}))"),
+        ("envelope:gateway_requests_waiting:sum",
+         f"sum{by} (max by ({per_server}) (vllm:num_requests_waiting{{{r}}}))"),
+        # Each router replica counts the requests it routed: these add up over replicas.
+        ("envelope:gateway_requests_per_second:sum", f"sum{by} (vllm:current_qps{{{r}}})"),
+        ("envelope:gateway_e2e_seconds:avg", f"avg{by} (vllm:avg_latency{{{r}}})"),
+        ("envelope:gateway_itl_seconds:avg", f"avg{by} (vllm:avg_itl{{{r}}})"),
+        # Engines the router routes to (one series per engine URL, from every router replica).
+        ("envelope:ready_replicas:count", f"count{by} (max by ({per_server}) (vllm:num_requests_running{{{r}}}))"),
+    )}
+
+
+def llm_d_epp_rules(agg: tuple[str, ...]) -> dict[str, Any]:
+    """llm-d's endpoint picker (llm_d_epp_*): client-side TTFT/ITL/e2e histograms per model,
+    its queue, running requests and ready endpoints, under envelope:gateway_* names."""
+    e = 'job=~".*epp.*"'
+    lbl = ", ".join([*agg, "model_name"])
+    by = f" by ({', '.join(agg)})" if agg else ""
+
+    def p95(metric: str) -> str:
+        return f"histogram_quantile(0.95, sum by ({lbl}, le) (rate({metric}_bucket{{{e}}}[1m])))"
+
+    return {"name": "envelope-gateway-llm-d", "rules": _rules(
+        ("model_name:envelope_gateway_ttft_seconds:p95_rate1m", p95("llm_d_epp_request_ttft_seconds")),
+        ("model_name:envelope_gateway_itl_seconds:p95_rate1m", p95("llm_d_epp_request_streaming_itl_seconds")),
+        ("model_name:envelope_gateway_e2e_seconds:p95_rate1m", p95("llm_d_epp_request_duration_seconds")),
+        ("model_name:envelope_gateway_requests:rate1m",
+         f"sum by ({lbl}) (rate(llm_d_epp_request_total{{{e}}}[1m]))"),
+        ("model_name:envelope_gateway_request_errors:ratio_rate1m",
+         f"(sum by ({lbl}) (rate(llm_d_epp_request_error_total{{{e}}}[1m])) "
+         f"or 0 * model_name:envelope_gateway_requests:rate1m) / model_name:envelope_gateway_requests:rate1m"),
+        ("envelope:gateway_requests_running:sum", f"sum{by} (llm_d_epp_request_running{{{e}}})"),
+        ("envelope:gateway_requests_waiting:sum", f"sum{by} (llm_d_epp_flow_control_queue_size{{{e}}})"),
+        ("envelope:ready_replicas:count", f"max{by} (llm_d_epp_ready_endpoints{{{e}}})"),
+    )}
+
+
+# --- presets ------------------------------------------------------------------------------------
+
+NATIVE = MixinConfig()
+
+_K8S_AGG = ("namespace",)
+_PS_BASE = MixinConfig(
+    name="production-stack",
+    # Engines only: production-stack's engine Service is <release>-<model>-engine-service (the
+    # ServiceMonitor's job), and the router's same-named gauges carry `server`, engines' never do.
+    vllm_selector='job=~".+-engine-service", server=""',
+    collector_selector='job="serving-envelope-collector"',
+    agg_labels=_K8S_AGG,
+    kv_by=("pod",),
+    dcgm_pod_label="exported_pod",
+    node_label="node",
+)
+PRODUCTION_STACK = MixinConfig(**{
+    **{f: getattr(_PS_BASE, f) for f in _PS_BASE.__dataclass_fields__},
+    "extra_rule_groups": (_gpu_by_pod_rules(_PS_BASE), production_stack_router_rules(_K8S_AGG)),
+})
+_LLMD_BASE = MixinConfig(
+    name="llm-d",
+    # llm-d's PodMonitor scrapes the vLLM containers themselves (job = <namespace>/<podmonitor>).
+    vllm_selector='job=~".*serving-envelope-vllm"',
+    collector_selector='job="serving-envelope-collector"',
+    agg_labels=_K8S_AGG,
+    kv_by=("pod",),
+    dcgm_pod_label="exported_pod",
+    node_label="node",
+)
+LLM_D = MixinConfig(**{
+    **{f: getattr(_LLMD_BASE, f) for f in _LLMD_BASE.__dataclass_fields__},
+    "extra_rule_groups": (_gpu_by_pod_rules(_LLMD_BASE), llm_d_epp_rules(_K8S_AGG)),
+})
+PRESETS = {c.name: c for c in (PRODUCTION_STACK, LLM_D)}
