@@ -240,7 +240,8 @@ def wait_sentence(wait: Wait) -> str:
         parts = known + ([f"the CPU of {' and '.join(unknown)} was not recorded"] if unknown else [])
         place = f"in front of the engine ({'; '.join(parts)}: where exactly is undetermined)"
     remedy = REMEDY.get(wait.where)
-    return (f"requests waited {place}: at {wait.concurrency} users the client had {wait.client_in_flight:.0f} open "
+    level = f"{wait.concurrency:g} req/s" if isinstance(wait.concurrency, float) else f"{wait.concurrency} users"
+    return (f"requests waited {place}: at {level} the client had {wait.client_in_flight:.0f} open "
             f"but vLLM held only {wait.engine_held:.0f} ({wait.engine_waiting:.0f} of them waiting)"
             + (f"; remedy: {remedy}" if remedy else ""))
 
