@@ -211,3 +211,63 @@ def test_testrun_parallelism_follows_the_step_users() -> None:
     assert "--tag step=5" in step["spec"]["arguments"]
     env = {e["name"]: e["value"] for e in step["spec"]["runner"]["env"]}
     assert env["K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM"] == "true"
+
+
+# --- the values overlays (written by hand) agree with the rendered objects ----------------------
+
+def values(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((K8S / name).read_text())
+    return data
+
+
+def promql_regex(selector: str, label: str) -> str:
+    match = re.search(label + r'=~"([^"]*)"', selector)
+    assert match, selector
+    return match.group(1)
+
+
+def test_kube_prometheus_stack_values_match_what_the_objects_need() -> None:
+    v = values("kube-prometheus-stack-values.yaml")
+    spec = v["prometheus"]["prometheusSpec"]
+    compose_interval = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())["global"]["scrape_interval"]
+    assert spec["scrapeInterval"] == compose_interval
+    assert spec["enableRemoteWriteReceiver"] is True
+    assert {"native-histograms", "exemplar-storage"} <= set(spec["enableFeatures"])
+    assert all(spec[f"{k}SelectorNilUsesHelmValues"] is False for k in ("rule", "serviceMonitor", "podMonitor"))
+    sidecar = v["grafana"]["sidecar"]
+    cm = next(o for o in rendered_objects("production-stack") if o["kind"] == "ConfigMap")
+    assert cm["metadata"]["labels"][sidecar["dashboards"]["label"]] == sidecar["dashboards"]["labelValue"]
+    assert sidecar["dashboards"]["folderAnnotation"] in cm["metadata"]["annotations"]
+    uids = {t["datasource"]["uid"] for d in all_dashboards().values()
+            for p in d["panels"] for t in p.get("targets", [])}
+    assert uids == {sidecar["datasources"]["uid"]}
+    traces = {d["uid"] for d in v["grafana"]["additionalDataSources"]}
+    assert sidecar["datasources"]["exemplarTraceIdDestinations"]["datasourceUid"] in traces
+    relabel = v["prometheus-node-exporter"]["prometheus"]["monitor"]["relabelings"][0]
+    assert relabel["targetLabel"] == mixin.PRODUCTION_STACK.node_label == mixin.LLM_D.node_label
+
+
+def test_production_stack_values_scrape_engines_and_router_the_rules_tell_apart() -> None:
+    v = values("production-stack/values.yaml")
+    for part in ("servingEngineSpec", "routerSpec"):
+        monitor = v[part]["serviceMonitor"]
+        assert monitor["enabled"] is True and monitor["honorLabels"] is False
+        assert monitor["additionalLabels"]["release"] == kubernetes.RELEASE
+    assert v["routerSpec"]["autoscaling"]["enabled"] is False
+    assert v["kube-prometheus-stack"]["enabled"] is False
+    engines = promql_regex(mixin.PRODUCTION_STACK.vllm_selector, "job")
+    router = promql_regex(mixin.ROUTER_SELECTOR, "job")
+    # production-stack's Service names: <release>-<model>-engine-service and <release>-router-service.
+    assert re.fullmatch(engines, "vllm-llama3-engine-service") and not re.fullmatch(engines, "vllm-router-service")
+    assert re.fullmatch(router, "vllm-router-service") and not re.fullmatch(router, "vllm-llama3-engine-service")
+
+
+def test_llm_d_values_leave_the_epp_to_the_authenticated_monitor() -> None:
+    v = values("llm-d/values.yaml")
+    assert v["inferenceExtension"]["monitoring"]["prometheus"]["enable"] is False
+    epp = next(o for o in rendered_objects("llm-d") if o["metadata"]["name"] == "serving-envelope-epp")
+    endpoint = epp["spec"]["endpoints"][0]
+    secret = next(o for o in rendered_objects("llm-d") if o["kind"] == "Secret")
+    assert endpoint["authorization"]["credentials"]["name"] == secret["metadata"]["name"]
+    binding = next(o for o in rendered_objects("llm-d") if o["kind"] == "ClusterRoleBinding")
+    assert binding["subjects"][0]["name"] == secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
