@@ -58,6 +58,11 @@ def _override(plan: Plan, args: argparse.Namespace) -> Plan:
             data["steps"] = [int(x) for x in args.steps.split(",")]
         except ValueError:
             raise PlanError(f"--steps: must be comma-separated integers, got {args.steps!r}") from None
+    if args.rates:
+        try:
+            data["rates"] = [float(x) for x in args.rates.split(",")]
+        except ValueError:
+            raise PlanError(f"--rates: must be comma-separated requests/s, got {args.rates!r}") from None
     for key in ("warmup_s", "steady_s", "max_steady_s", "request_timeout_s"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
@@ -197,7 +202,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None:
     p.add_argument("--target", default=service_url(settings, "COLLECTOR_PORT"),
                    help="API base URL users call: the collector (default) or vLLM directly")
-    p.add_argument("--plan", help="plan file or bundled plan name (default, capstone, bend-native)")
+    p.add_argument("--plan", help="plan file or bundled plan name (default, capstone, bend-native; open loop: "
+                   "rate-native, mix-native, burst-native)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep in RUN_DIR")
     p.add_argument("--model", help="model name (default: the first the target serves)")
     p.add_argument("--out", default="var/reports", help="parent folder of the run folder")
@@ -207,6 +213,7 @@ def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None
     p.add_argument("--no-remote-write", action="store_true", help="do not push k6 metrics to Prometheus")
     p.add_argument("--api-key", default=os.environ.get("LOADGEN_API_KEY"), help="bearer key (env LOADGEN_API_KEY)")
     p.add_argument("--steps", help="seed concurrencies, e.g. 1,5,20 (overrides the plan)")
+    p.add_argument("--rates", help="a rate plan's seed rates in requests/s, e.g. 0.5,1,2 (overrides the plan)")
     p.add_argument("--profile", help="short-chat, long-prompt or long-answer (overrides the plan)")
     p.add_argument("--max-tokens", type=int, help="output length (overrides the profile)")
     p.add_argument("--warmup-s", dest="warmup_s", type=float)

@@ -135,7 +135,7 @@ def test_bundled_rate_plans_parse_and_survive_results_json() -> None:
         plan = load_plan(name)
         assert plan.mode == "rate" and plan.rates
         assert plan_from_dict(plan.to_dict()) == plan
-        assert parse_plan(plan.to_dict(), name) == plan  # as the command line's overrides re-read it
+        assert parse_plan({**plan.to_dict(), "steps": list(plan.steps)}, name) == plan  # as --rates & co re-read it
     assert load_plan("mix-native").mix is not None and load_plan("burst-native").arrival.bursts
 
 
@@ -197,3 +197,17 @@ def test_queue_drain_after_a_burst() -> None:
     figures = rate_mode.queue_figures(sampler, plan, zero=100.0)
     burst = figures["bursts"][0]
     assert burst["waiting_peak"] == 9 and burst["drain_s"] == pytest.approx(3.0)  # ends at 107, 0 again at 110
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--plan", "default", "--rates", "1,2"], "error: command line: rates: only with mode: rate"),
+    (["--plan", "rate-native", "--rates", "1,x"], "error: --rates: must be comma-separated requests/s, got '1,x'"),
+    (["--plan", "rate-native", "--rates", "2,1"], "error: command line: rates: must rise strictly"),
+])
+def test_rates_from_the_command_line_are_checked_before_any_load(argv: list[str], message: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from loadgen.__main__ import EXIT_BAD_INPUT, main
+
+    assert main(["sweep", *argv, "--target", "http://127.0.0.1:1"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err
