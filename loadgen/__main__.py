@@ -191,7 +191,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     try:
         load_run(run_dir)
-    except ResultsError as error:
+        load_thresholds()
+    except (ResultsError, ThresholdsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     md, html = render.render(run_dir)

@@ -45,9 +45,16 @@ def parse_thresholds(data: Any, source: str) -> dict[str, float]:
 
 
 def load_thresholds(path: Path = THRESHOLDS_FILE) -> dict[str, float]:
-    if not path.exists():
-        return {}
-    return parse_thresholds(yaml.safe_load(path.read_text()), str(path))
+    """The thresholds; a missing or unreadable file is an error, never an SLO that silently checks nothing."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ThresholdsError(f"{path}: cannot read the SLO thresholds ({error.strerror or error})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ThresholdsError(f"{path}: not YAML: {str(error).splitlines()[0]}") from None
+    return parse_thresholds(data, str(path))
 
 
 def slo_for_run(thresholds: dict[str, float], overrides: dict[str, float]) -> dict[str, dict[str, Any]]:

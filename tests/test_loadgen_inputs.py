@@ -98,3 +98,11 @@ def test_report_of_a_folder_without_results(tmp_path: Path) -> None:
     result = _loadgen("report", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path}: no results.json (not a sweep run folder)"
+
+
+def test_a_missing_or_broken_thresholds_file_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(ThresholdsError, match="cannot read the SLO thresholds"):
+        load_thresholds(tmp_path / "thresholds.yml")
+    (tmp_path / "thresholds.yml").write_text("groups: [\n")
+    with pytest.raises(ThresholdsError, match="not YAML"):
+        load_thresholds(tmp_path / "thresholds.yml")
