@@ -136,6 +136,16 @@ def test_a_missing_grafana_client_only_skips_annotations(monkeypatch: pytest.Mon
     annotator.step("run", 1, 0.0, 1.0, "text")  # a no-op, no exception
 
 
+def rendered_copy(source: Path, tmp_path: Path) -> Path:
+    """A copy of a recorded run folder, its report rendered by `python -m loadgen report` (as a user would)."""
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    result = subprocess.run([sys.executable, "-m", "loadgen", "report", str(run)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
 EXAMPLE = ROOT / "loadgen" / "examples" / "h200-qwen3-8b"
 
 
@@ -196,11 +206,7 @@ def test_the_h200_worked_example_names_vllms_api_server_and_the_decode_bound_kv_
     before = {s["concurrency"]: s for s in default["steps"]}[320]
     assert at_320["client"]["output_tok_s"] > 1.9 * before["client"]["output_tok_s"]
     # every example run re-renders from its folder alone
-    run = tmp_path / "run"
-    shutil.copytree(next(EXAMPLE.glob("*-capstone")), run)
-    result = subprocess.run([sys.executable, "-m", "loadgen", "report", str(run)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    run = rendered_copy(next(EXAMPLE.glob("*-capstone")), tmp_path)
     assert "NVIDIA H200" in (run / "report.md").read_text()
 
 
@@ -209,11 +215,7 @@ def test_a_cpu_run_with_bunched_delivery_prints_no_impossible_per_user_speed(tmp
     a private stack (VLLM_URL): the API server delivered 900-token answers in bursts, so the client timed
     982,016 tok/s for one stream. The report must show vLLM's own per-stream rate instead, flagged, and name the
     front-end wait it measured."""
-    run = tmp_path / "run"
-    shutil.copytree(ROOT / "tests" / "data" / "cpu-tiny-bunched", run)
-    result = subprocess.run([sys.executable, "-m", "loadgen", "report", str(run)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    run = rendered_copy(ROOT / "tests" / "data" / "cpu-tiny-bunched", tmp_path)
     analysis = analyse(load_run(run))
     one = analysis.rows[0]
     assert one.concurrency == 1 and one.user_tok_s is not None and one.user_tok_s < 2_000
@@ -232,11 +234,7 @@ def test_a_real_connect_timeout_outage_is_named_at_the_collector(tmp_path: Path)
     """Recorded with scripts/record_fault_run.py on the native stack: vLLM's upstream stopped accepting
     connections after the 2-user step, and every request of the 4-user step got the collector's 503. The
     report used to say only "http_5xx" and explain the fall in throughput as "more users only add waiting"."""
-    run = tmp_path / "run"
-    shutil.copytree(ROOT / "tests" / "data" / "cpu-connect-timeout", run)
-    result = subprocess.run([sys.executable, "-m", "loadgen", "report", str(run)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    run = rendered_copy(ROOT / "tests" / "data" / "cpu-connect-timeout", tmp_path)
     analysis = analyse(load_run(run))
     assert analysis.what_broke_first.startswith("errors: 100.0% of requests failed"), analysis.what_broke_first
     assert "upstream_connect_timeout at the collector" in analysis.what_broke_first
