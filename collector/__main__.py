@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -11,6 +12,8 @@ from collector.app import build_app
 from collector.server import serve
 from collector.settings import parse_args
 from collector.workers import PEERS_ENV, run_workers
+
+GC_THRESHOLD = 20_000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         loop_factory = uvloop.new_event_loop
     app = build_app(settings)
+    # Everything built so far lives as long as the process: out of the collector's way. Each request
+    # allocates a few hundred short-lived containers (aiohttp's request and response objects, the
+    # span, dicts); with the default gen-0 threshold (700) the cyclic collector ran every couple of
+    # requests and took ~13% of the CPU at 256 streams (py-spy). Reference counting frees almost all
+    # of them; the rare cycles (exceptions and their tracebacks) wait a little longer.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 50, 100)
     logging.getLogger("collector").info("proxying %s on %s:%d", settings.upstream_base, settings.host,
                                         settings.port)
     with asyncio.Runner(loop_factory=loop_factory) as runner:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
-from collector import errors
+from collector import errors, wire
 from collector.metrics import Metrics
 from collector.models import ModelNames
 from collector.proxy import OPERATIONS, Proxy, canonical_path
@@ -53,8 +53,9 @@ def build_app(settings: Settings, metrics: Metrics | None = None,
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = make_session(settings.connect_timeout)
+        pool = wire.Pool(settings.upstream_base, settings.connect_timeout)
         models = ModelNames(session, settings.upstream_base, metrics, settings.models_refresh_seconds)
-        proxy = Proxy(settings, session, metrics, models, tracer(provider))
+        proxy = Proxy(settings, session, pool, metrics, models, tracer(provider))
         app[PROXY_KEY] = proxy
         refresher = asyncio.get_running_loop().create_task(models.run())
         if peers is not None:
@@ -65,6 +66,7 @@ def build_app(settings: Settings, metrics: Metrics | None = None,
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+        pool.close()
         await session.close()
         provider.shutdown()
 

@@ -7,18 +7,19 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from yarl import URL
 
-from collector import errors
+from collector import errors, wire
 from collector.metrics import Metrics, finish_reason_label
 from collector.models import ModelNames
 from collector.settings import Settings
@@ -48,6 +49,10 @@ MAX_HELD_BYTES = 1 << 20
 TRUE_STRINGS = frozenset({"1", "on", "t", "true", "y", "yes"})
 # Python's JSON parser recurses per nesting level: a deeply nested body ends in RecursionError.
 JSON_ERRORS = (ValueError, RecursionError)
+# The parent context of a request that carries no trace headers (a new trace).
+NO_PARENT = Context()
+# W3C trace context (and baggage): the propagators whose header the collector writes itself.
+W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
 
 
 def canonical_path(path: str) -> str | None:
@@ -125,50 +130,26 @@ class Exchange:
         self.status, self.error_type = status, error_type
 
 
-class IdleWatchdog:
-    """The idle timeout of a flowing stream at no cost per chunk: the reader stores the time of each
-    read in `last_read`; one timer, set once, fires after `seconds` and re-arms itself for the rest
-    of the window when reads came meanwhile (at most one timer callback per `seconds` of a busy
-    stream, instead of a timer cancelled and created on every chunk). When the window passes
-    without a read, the upstream reader gets ServerTimeoutError."""
-
-    __slots__ = ("_clock", "_content", "_handle", "_loop", "_seconds", "last_read")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float, content: aiohttp.StreamReader,
-                 clock: Callable[[], float]) -> None:
-        self._loop, self._seconds, self._content, self._clock = loop, seconds, content, clock
-        self.last_read = clock()
-        self._handle: asyncio.TimerHandle | None = loop.call_later(seconds, self._check)
-
-    def _check(self) -> None:
-        silent = self._clock() - self.last_read
-        if silent < self._seconds:
-            self._handle = self._loop.call_later(self._seconds - silent, self._check)
-            return
-        self._handle = None
-        self._content.set_exception(aiohttp.ServerTimeoutError(f"no data for {self._seconds:g} s"))
-
-    def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
 class Proxy:
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession, metrics: Metrics,
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession, pool: wire.Pool, metrics: Metrics,
                  models: ModelNames, tracer: trace.Tracer) -> None:
         self.settings = settings
-        self.session = session
+        self.session = session  # relayed paths
+        self.pool = pool  # metered paths (collector/wire.py)
         self.metrics = metrics
         self.models = models
         self.tracer = tracer
         self.relay_paths = frozenset(settings.relay_paths)
         self._origin = str(URL(settings.upstream_base).origin())
-        self._operation_urls = {path: URL(settings.upstream_base + path, encoded=True) for path in OPERATIONS}
+        self._operation_targets = {path: URL(settings.upstream_base + path, encoded=True).raw_path
+                                   for path in OPERATIONS}
+        fields = frozenset(propagate.get_global_textmap().fields)
+        # Trace headers a request may carry (no extraction for a request without any), and whether
+        # the outgoing traceparent can be written directly (the default propagators).
+        self._trace_fields = tuple(fields)
+        self._w3c_only = fields <= W3C_FIELDS
         connect = settings.connect_timeout
-        # sock_read bounds the wait for the response head; after it, each read (see _read_timeout).
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect, sock_connect=connect, sock_read=settings.first_byte_timeout)
+        # Relayed paths: sock_read bounds the wait for the response head; after it, each read (see _read_timeout).
         self._whole_timeout = aiohttp.ClientTimeout(
             total=None, connect=connect, sock_connect=connect, sock_read=settings.response_timeout)
 
@@ -190,6 +171,8 @@ class Proxy:
         if request.content_length is not None and request.content_length > limit:
             return errors.error_response(413, f"request body over {limit} bytes", errors.INVALID_REQUEST)
         try:
+            if request.content.is_eof():  # the whole body came with the head: nothing to wait for
+                return await request.read()
             async with asyncio.timeout(self.settings.client_body_timeout):
                 return await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -201,24 +184,18 @@ class Proxy:
             response.force_close()  # the rest of the body may still come: not a next request
             return response
 
-    async def _send(self, method: str, url: URL, body: bytes | None, headers: Any,
-                    stream: bool) -> aiohttp.ClientResponse | Failure:
-        """The upstream's response head, or why there is none. `stream`: the head is bounded by
-        the first-byte timeout (a stream's head comes at once), else by the response timeout."""
-        timeout = self._stream_timeout if stream else self._whole_timeout
+    async def _send(self, method: str, url: URL, body: bytes | None, headers: Any) -> aiohttp.ClientResponse | Failure:
+        """A relayed request's response head (bounded by the response timeout), or why there is none."""
         for attempt in (1, 2):
             try:
                 response = await self.session.request(method, url, data=body, headers=headers,
-                                                      allow_redirects=False, timeout=timeout)
+                                                      allow_redirects=False, timeout=self._whole_timeout)
             except aiohttp.ConnectionTimeoutError:
                 self.models.note_unreachable()
                 return Failure(503, errors.UPSTREAM_CONNECT_TIMEOUT,
                                "upstream did not accept the connection in time")
             except aiohttp.ServerTimeoutError:
                 # sock_read: connected and sent, but no response head in time.
-                if stream:
-                    return Failure(504, errors.UPSTREAM_FIRST_BYTE_TIMEOUT, "upstream sent no response head "
-                                   f"within {self.settings.first_byte_timeout:g} s")
                 return Failure(504, errors.UPSTREAM_RESPONSE_TIMEOUT,
                                f"upstream did not answer within {self.settings.response_timeout:g} s")
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
@@ -232,14 +209,37 @@ class Proxy:
             except aiohttp.ClientError as error:
                 return self._unavailable(method, url, error)
             self.models.note_reachable()
-            # From here on each read waits at most the idle timeout (a stream's first token: the
-            # first-byte timeout, until _read_timeout switches it).
-            if not stream:
-                self._read_timeout(response, self.settings.idle_timeout)
+            # From here on each read waits at most the idle timeout.
+            self._read_timeout(response, self.settings.idle_timeout)
             return response
         raise AssertionError("unreachable")
 
-    def _unavailable(self, method: str, url: URL, error: Exception) -> Failure:
+    async def _send_metered(self, path: str, body: bytes, headers: CIMultiDict[str],
+                            stream: bool) -> wire.Connection | Failure:
+        """As _send, on the lean client (collector/wire.py): a metered POST's response head, or why
+        there is none. After it each read waits at most the first-byte timeout (a stream, until its
+        first token) or the idle timeout."""
+        pool = self.pool
+        head = pool.head_bytes("POST", self._operation_targets[path], headers.items(), len(body))
+        try:
+            upstream = await pool.request(head, body, self.settings.first_byte_timeout if stream
+                                          else self.settings.response_timeout)
+        except wire.ConnectTimeout:
+            self.models.note_unreachable()
+            return Failure(503, errors.UPSTREAM_CONNECT_TIMEOUT, "upstream did not accept the connection in time")
+        except wire.HeadTimeout:
+            if stream:
+                return Failure(504, errors.UPSTREAM_FIRST_BYTE_TIMEOUT, "upstream sent no response head "
+                               f"within {self.settings.first_byte_timeout:g} s")
+            return Failure(504, errors.UPSTREAM_RESPONSE_TIMEOUT,
+                           f"upstream did not answer within {self.settings.response_timeout:g} s")
+        except (wire.ConnectFailed, wire.Disconnected) as error:
+            return self._unavailable("POST", path, error)
+        self.models.note_reachable()
+        upstream.read_timeout(self.settings.first_byte_timeout if stream else self.settings.idle_timeout)
+        return upstream
+
+    def _unavailable(self, method: str, url: URL | str, error: Exception) -> Failure:
         log.warning("upstream unavailable for %s %s: %r", method, url, error)
         self.models.note_unreachable()
         return Failure(502, errors.UPSTREAM_UNAVAILABLE, f"upstream unavailable: {type(error).__name__}")
@@ -281,7 +281,7 @@ class Proxy:
             return body
         # The client's Accept-Encoding goes through (none sent: none asked of the upstream).
         upstream = await self._send(request.method, self._upstream_url(request, path), body or None,
-                                    relay_headers(request.headers), stream=False)
+                                    relay_headers(request.headers))
         if isinstance(upstream, Failure):
             return upstream.response()
         async with upstream:
@@ -312,8 +312,10 @@ class Proxy:
     async def generate(self, request: web.Request, path: str) -> web.StreamResponse:
         started = time.perf_counter()
         operation = OPERATIONS[path]
+        carrier = request.headers
+        parent = propagate.extract(carrier) if any(f in carrier for f in self._trace_fields) else NO_PARENT
         span = self.tracer.start_span(
-            operation, context=propagate.extract(request.headers), kind=SpanKind.CLIENT,
+            operation, context=parent, kind=SpanKind.CLIENT,
             attributes={"gen_ai.operation.name": operation, "gen_ai.system": "vllm",
                         "gen_ai.provider.name": "vllm", "http.request.method": request.method,
                         "url.path": path})
@@ -387,8 +389,8 @@ class Proxy:
 
         headers = request_headers(request.headers)
         headers["Content-Type"] = "application/json"
-        propagate.inject(headers, context=trace.set_span_in_context(exchange.span))
-        upstream = await self._send("POST", self._operation_urls[path], raw, headers, exchange.stream)
+        self._inject_trace(headers, exchange.span)
+        upstream = await self._send_metered(path, raw, headers, exchange.stream)
         if isinstance(upstream, Failure):
             exchange.fail(upstream.status, upstream.error_type)
             return upstream.response()
@@ -398,6 +400,18 @@ class Proxy:
             if exchange.stream and upstream.content_type == "text/event-stream":
                 return await self._relay_stream(request, upstream, exchange, strip_usage)
             return await self._relay_whole(upstream, exchange)
+
+    def _inject_trace(self, headers: CIMultiDict[str], span: trace.Span) -> None:
+        """The span's W3C traceparent (and tracestate) for the upstream: what the default propagators
+        write, without their per-call context set-up; any other configured propagator writes its own."""
+        if not self._w3c_only:
+            propagate.inject(headers, context=trace.set_span_in_context(span))
+            return
+        context = span.get_span_context()
+        if context.is_valid:
+            headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+            if context.trace_state:
+                headers["tracestate"] = context.trace_state.to_header()
 
     def _annotate_request(self, exchange: Exchange, body: dict[str, Any]) -> None:
         span = exchange.span
@@ -415,10 +429,10 @@ class Proxy:
             attributes["gen_ai.input.messages"] = json.dumps(prompt)
         span.set_attributes(attributes)
 
-    async def _upstream_error(self, upstream: aiohttp.ClientResponse, exchange: Exchange) -> web.Response:
-        self._read_timeout(upstream, self.settings.idle_timeout)
+    async def _upstream_error(self, upstream: wire.Connection, exchange: Exchange) -> web.Response:
+        upstream.read_timeout(self.settings.idle_timeout)
         try:
-            body = await upstream.content.read(MAX_ERROR_BODY)
+            body = await upstream.read(MAX_ERROR_BODY)
         except aiohttp.ClientError:
             upstream.close()
             body = errors.error_body("upstream error (its body was not received)", str(upstream.status),
@@ -426,8 +440,8 @@ class Proxy:
         exchange.fail(upstream.status, str(upstream.status))
         return web.Response(status=upstream.status, body=body, headers=response_headers(upstream.headers))
 
-    async def _relay_whole(self, upstream: aiohttp.ClientResponse, exchange: Exchange) -> web.Response:
-        self._read_timeout(upstream, self.settings.idle_timeout)
+    async def _relay_whole(self, upstream: wire.Connection, exchange: Exchange) -> web.Response:
+        upstream.read_timeout(self.settings.idle_timeout)
         try:
             body = await upstream.read()
         except aiohttp.ServerTimeoutError:
@@ -460,7 +474,7 @@ class Proxy:
         if isinstance(response_id, str):
             exchange.span.set_attribute("gen_ai.response.id", response_id[:MAX_ATTRIBUTE_CHARS])
 
-    async def _relay_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
+    async def _relay_stream(self, request: web.Request, upstream: wire.Connection,
                             exchange: Exchange, strip_usage: bool) -> web.StreamResponse:
         scanner = StreamScanner(
             chat=exchange.operation == "chat", strip_usage=strip_usage, capture_content=self.settings.capture_content,
@@ -478,7 +492,7 @@ class Proxy:
                 exchange.span.set_attribute("gen_ai.output.messages", "".join(scanner.completion_text))
         return response
 
-    async def _pump(self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: Exchange,
+    async def _pump(self, request: web.Request, upstream: wire.Connection, exchange: Exchange,
                     scanner: StreamScanner) -> web.StreamResponse:
         """Relay the stream; the response head waits for the first token (so TTFB = TTFT).
         Until the first token each read waits at most the first-byte timeout, then the idle timeout."""
@@ -486,11 +500,10 @@ class Proxy:
         held: list[bytes] = []
         held_bytes = 0
         failure: str | None = None  # an error type, when the upstream failed
-        content = upstream.content
         try:
             while response is None:
                 try:
-                    data = await content.readany()
+                    data = await upstream.readany()
                 except aiohttp.ServerTimeoutError:
                     failure = errors.UPSTREAM_FIRST_BYTE_TIMEOUT
                     break
@@ -506,7 +519,7 @@ class Proxy:
                     held.append(out)
                     held_bytes += len(out)
                 if scanner.first_token_at is not None:
-                    self._read_timeout(upstream, self.settings.idle_timeout)
+                    upstream.read_timeout(self.settings.idle_timeout)
                     exchange.ttft = scanner.first_token_at - exchange.started
                     exchange.span.add_event("gen_ai.first_token", {"gen_ai.response.time_to_first_chunk":
                                                                    exchange.ttft})
@@ -559,45 +572,41 @@ class Proxy:
             upstream.close()
             raise
 
-    async def _relay_tokens(self, upstream: aiohttp.ClientResponse, scanner: StreamScanner,
+    async def _relay_tokens(self, upstream: wire.Connection, scanner: StreamScanner,
                             request: web.Request) -> str | None:
-        """The hot loop after the first token: one read, one scan, one write per upstream read, and
-        nothing else per chunk: no timer (the idle timeout is a watchdog that re-arms itself only
-        when it fires, see IdleWatchdog), no aiohttp writer bookkeeping (the chunk is framed and
-        written to the client's transport in one call; the head and the first token went out
-        through aiohttp in _open_stream, and write_eof ends the chunked body), a drain only when the
-        client's socket buffer is full (back-pressure: the upstream is read no faster than the client
-        takes it). Returns the error type when the upstream failed (None: it ended the stream). A
-        client that went away raises ConnectionError."""
-        content, feed, clock = upstream.content, scanner.feed, time.perf_counter
+        """The hot path after the first token, run inside the upstream connection's `data_received`
+        (wire.Connection.relay): each read de-chunked, scanned, framed and written to the client's
+        transport in one call, with no future, task switch or timer per read (the idle timeout is one
+        timer that re-arms itself only when it fires). The head and the first token went out through
+        aiohttp in _open_stream, and write_eof ends the chunked body. This task wakes only at the end
+        or when the client's socket buffer is full: upstream reading pauses until the client has
+        drained it (back-pressure: the upstream is read no faster than the client takes it). Returns
+        the error type when the upstream failed (None: it ended the stream). A client that went away
+        raises ConnectionError."""
+        feed = scanner.feed
         transport, protocol, writer = request.transport, request.protocol, request.writer
-        # aiohttp's own read timer is re-armed on every chunk: replaced by the watchdog.
-        self._read_timeout(upstream, None)
-        # (A head sent for held bytes past MAX_HELD_BYTES, before any token: still the first-byte bound.)
-        seconds = self.settings.idle_timeout if scanner.first_token_at is not None else self.settings.first_byte_timeout
-        watchdog = IdleWatchdog(asyncio.get_running_loop(), seconds, content, clock)
-        try:
-            while True:
-                try:
-                    data = await content.readany()
-                except aiohttp.ServerTimeoutError:
-                    return errors.UPSTREAM_IDLE_TIMEOUT
-                except (aiohttp.ClientError, TimeoutError):
-                    return errors.UPSTREAM_DISCONNECTED
-                if not data:
-                    return None
-                now = watchdog.last_read = clock()
-                out = feed(data, now)
-                if out:
-                    if transport is None or transport.is_closing():
-                        raise ConnectionResetError("client connection closed")
-                    transport.write(b"%x\r\n%b\r\n" % (len(out), out))
-                    if protocol.writing_paused:
-                        await writer.drain()
-        finally:
-            watchdog.cancel()
 
-    async def _open_stream(self, request: web.Request, upstream: aiohttp.ClientResponse,
+        def sink(data: bytes, now: float) -> bool:
+            out = feed(data, now)
+            if not out:
+                return False
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("client connection closed")
+            transport.write(b"%x\r\n%b\r\n" % (len(out), out))
+            return protocol.writing_paused
+
+        upstream.relay(sink)
+        try:
+            while await upstream.relayed():
+                await writer.drain()
+                upstream.resume_reading()
+        except aiohttp.ServerTimeoutError:
+            return errors.UPSTREAM_IDLE_TIMEOUT
+        except (aiohttp.ClientError, TimeoutError):
+            return errors.UPSTREAM_DISCONNECTED
+        return None
+
+    async def _open_stream(self, request: web.Request, upstream: wire.Connection,
                            held: list[bytes]) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=response_headers(upstream.headers))
         # Tells clients (loadgen's probe) that time to first byte here is time to first token.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and those the proxy sets itself.
 _REQUEST_DROP = frozenset({
@@ -46,5 +46,5 @@ def relay_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return headers
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in _RESPONSE_DROP)
