@@ -159,7 +159,9 @@ def testrun(run: str, step: int, users: int, *, script_configmap: str = "serving
             "parallelism": parallelism_for(users, per_runner),
             "separate": False, "cleanup": "post",
             "script": {"configMap": {"name": script_configmap, "file": script_file}},
-            "arguments": f"--out experimental-prometheus-rw --tag run={run} --tag step={step}",
+            # Raw log lines: the script's one JSON line per request reaches the pod log as is
+            # (loadgen.k8s_executor reads it back as the runner's request file).
+            "arguments": f"--log-format=raw --out experimental-prometheus-rw --tag run={run} --tag step={step}",
             "runner": {"image": K6_IMAGE, "env": env,
                        "metadata": {"labels": {"app.kubernetes.io/part-of": PART_OF}}},
         },

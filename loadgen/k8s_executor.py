@@ -1,0 +1,166 @@
+"""One sweep step as a k6-operator TestRun: create, watch, stop, collect, delete.
+
+The Kubernetes side of `--executor k8s` (not yet wired into loadgen.sweep): the step's script and
+config go into a ConfigMap, the step into a TestRun (loadgen.kubernetes.testrun: `parallelism`
+from the step's users), and this module polls the TestRun's stage until k6-operator says
+`finished` or `error`. The sweep's memory watchdog is polled between reads: a reason from it
+deletes the TestRun at once (k6-operator then ends its runner pods). After the step each runner
+pod's log, where k6 writes one JSON line per request, is saved as step-<n>-requests-<pod>.jsonl
+and the records are merged for the sweep's own steady-window and SLO judgement; the ready
+replicas of the serving Deployment are read once per step, so a report can give users per replica.
+
+The API is spoken directly with `requests` (no Kubernetes client library): in a pod, through the
+service-account token; outside, through `kubectl proxy` (KUBE_API_URL, default 127.0.0.1:8001).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from loadgen.kubernetes import testrun
+
+TESTRUNS = "/apis/k6.io/v1alpha1/namespaces/{ns}/testruns"
+CONFIGMAPS = "/api/v1/namespaces/{ns}/configmaps"
+PODS = "/api/v1/namespaces/{ns}/pods"
+DEPLOYMENTS = "/apis/apps/v1/namespaces/{ns}/deployments"
+DONE_STAGES = ("finished", "error")
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class KubeError(RuntimeError):
+    pass
+
+
+class KubeApi:
+    """The few calls a step needs, against one namespace."""
+
+    def __init__(self, base_url: str, namespace: str, token: str | None = None, verify: bool | str = True,
+                 timeout_s: float = 10.0) -> None:
+        self.base = base_url.rstrip("/")
+        self.ns = namespace
+        self.session = requests.Session()
+        self.session.verify = verify
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def from_environment(cls, namespace: str | None = None) -> KubeApi:
+        """In a pod: the API server and the pod's service account; else KUBE_API_URL (kubectl proxy)."""
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+        if host and port and (SERVICE_ACCOUNT / "token").exists():
+            ns = namespace or (SERVICE_ACCOUNT / "namespace").read_text().strip()
+            return cls(f"https://{host}:{port}", ns, (SERVICE_ACCOUNT / "token").read_text().strip(),
+                       verify=str(SERVICE_ACCOUNT / "ca.crt"))
+        return cls(os.environ.get("KUBE_API_URL", "http://127.0.0.1:8001"), namespace or "default")
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+              ok: tuple[int, ...] = (200, 201, 202)) -> requests.Response:
+        response = self.session.request(method, self.base + path.format(ns=self.ns), json=body, timeout=self.timeout_s)
+        if response.status_code not in ok:
+            raise KubeError(f"{method} {path.format(ns=self.ns)}: HTTP {response.status_code} {response.text[:300]}")
+        return response
+
+    def apply_configmap(self, name: str, data: dict[str, str]) -> None:
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+        if self._call("POST", CONFIGMAPS, body, ok=(200, 201, 409)).status_code == 409:
+            self._call("PUT", f"{CONFIGMAPS}/{name}", body)
+
+    def create_testrun(self, obj: dict[str, Any]) -> None:
+        self._call("POST", TESTRUNS, obj)
+
+    def testrun_stage(self, name: str) -> str:
+        status: dict[str, Any] = self._call("GET", f"{TESTRUNS}/{name}").json().get("status") or {}
+        return str(status.get("stage", ""))
+
+    def delete_testrun(self, name: str) -> None:
+        self._call("DELETE", f"{TESTRUNS}/{name}", ok=(200, 202, 404))
+
+    def runner_pods(self, testrun_name: str) -> list[str]:
+        # k6-operator labels a TestRun's runner pods k6_cr=<name>, runner=true.
+        items = self._call("GET", f"{PODS}?labelSelector=k6_cr%3D{testrun_name},runner%3Dtrue").json()["items"]
+        return sorted(str(p["metadata"]["name"]) for p in items)
+
+    def pod_log(self, pod: str) -> str:
+        return self._call("GET", f"{PODS}/{pod}/log").text
+
+    def ready_replicas(self, label_selector: str) -> int:
+        items = self._call("GET", f"{DEPLOYMENTS}?labelSelector={quote(label_selector)}").json()["items"]
+        return sum(int((d.get("status") or {}).get("readyReplicas") or 0) for d in items)
+
+
+@dataclass
+class K8sStepRun:
+    records: list[dict[str, Any]]
+    runners: list[str]  # runner pod names, each with its request file
+    parallelism: int
+    ready_replicas: int | None
+    stage: str
+    wall_s: float
+    aborted: str | None = None
+    request_files: list[Path] = field(default_factory=list)
+
+
+def _records(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by a stopped runner
+    return out
+
+
+def run_step_k8s(api: KubeApi, run: str, step: int, users: int, step_config: dict[str, Any], script: Path,
+                 work_dir: Path, *, remote_write_url: str = "", replicas_selector: str | None = None,
+                 watchdog: Callable[[], str | None] | None = None, poll_s: float = 2.0,
+                 timeout_s: float = 3600.0) -> K8sStepRun:
+    """Run one step as a TestRun and collect it; the TestRun is deleted whatever happens."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    configmap = f"serving-envelope-k6-{run}"
+    api.apply_configmap(configmap, {script.name: script.read_text(), f"step-{step}.json": json.dumps(step_config)})
+    obj = testrun(run, step, users, script_configmap=configmap, script_file=script.name,
+                  remote_write_url=remote_write_url)
+    name = obj["metadata"]["name"]
+    started = time.monotonic()
+    api.create_testrun(obj)
+    stage, aborted = "", None
+    try:
+        while True:
+            if watchdog is not None and (aborted := watchdog()) is not None:
+                break
+            stage = api.testrun_stage(name)
+            if stage in DONE_STAGES:
+                break
+            if time.monotonic() - started > timeout_s:
+                aborted = f"TestRun {name} not finished after {timeout_s:.0f} s (stage {stage or 'none'})"
+                break
+            time.sleep(poll_s)
+        if aborted is not None:
+            api.delete_testrun(name)
+        runners = api.runner_pods(name)
+        records: list[dict[str, Any]] = []
+        files = []
+        for pod in runners:
+            text = api.pod_log(pod)
+            path = work_dir / f"step-{step}-requests-{pod}.jsonl"
+            path.write_text("".join(f"{json.dumps(r)}\n" for r in _records(text)))
+            files.append(path)
+            records.extend({**r, "runner": pod} for r in _records(text))
+        replicas = api.ready_replicas(replicas_selector) if replicas_selector else None
+    finally:
+        api.delete_testrun(name)
+    return K8sStepRun(records=records, runners=runners, parallelism=obj["spec"]["parallelism"],
+                      ready_replicas=replicas, stage=stage, wall_s=time.monotonic() - started, aborted=aborted,
+                      request_files=files)

@@ -1,0 +1,174 @@
+"""A sweep step's TestRun lifecycle (loadgen.k8s_executor) against a local fake Kubernetes API server.
+
+The fake keeps ConfigMaps and TestRuns in memory, moves a TestRun through k6-operator's stages
+(created, started, finished) on successive reads, serves one runner pod per `parallelism` whose
+log holds k6's JSON request lines, and a Deployment with ready replicas. Every request it gets is
+recorded, so the tests can say what was created, read and deleted.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import jsonschema
+import pytest
+
+from loadgen import k8s_executor
+from loadgen.k8s_executor import KubeApi, run_step_k8s
+from loadgen.settings import ROOT
+
+SCHEMA = json.loads((ROOT / "tests" / "data" / "kubernetes-schemas" / "testrun_v1alpha1.json").read_text())
+STAGES = ("created", "started", "started", "finished")
+
+
+@dataclass
+class FakeCluster:
+    configmaps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    testruns: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reads: dict[str, int] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    created: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+
+
+def handler(cluster: FakeCluster) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _send(self, code: int, body: Any) -> None:
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _body(self) -> dict[str, Any]:
+            data: dict[str, Any] = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            return data
+
+        def do_POST(self) -> None:
+            cluster.calls.append(f"POST {self.path}")
+            body = self._body()
+            name = body["metadata"]["name"]
+            if self.path.endswith("/configmaps"):
+                if name in cluster.configmaps:
+                    return self._send(409, {"reason": "AlreadyExists"})
+                cluster.configmaps[name] = body
+            else:
+                cluster.testruns[name] = body
+                cluster.created.append(body)
+                cluster.reads[name] = 0
+            self._send(201, body)
+
+        def do_PUT(self) -> None:
+            cluster.calls.append(f"PUT {self.path}")
+            body = self._body()
+            cluster.configmaps[body["metadata"]["name"]] = body
+            self._send(200, body)
+
+        def do_DELETE(self) -> None:
+            cluster.calls.append(f"DELETE {self.path}")
+            name = self.path.rsplit("/", 1)[1]
+            if cluster.testruns.pop(name, None) is None:
+                return self._send(404, {"reason": "NotFound"})
+            cluster.deleted.append(name)
+            self._send(200, {})
+
+        def do_GET(self) -> None:
+            cluster.calls.append(f"GET {self.path}")
+            url = urlparse(self.path)
+            if "/testruns/" in url.path:
+                name = url.path.rsplit("/", 1)[1]
+                if name not in cluster.testruns:
+                    return self._send(404, {})
+                stage = STAGES[min(cluster.reads[name], len(STAGES) - 1)]
+                cluster.reads[name] += 1
+                return self._send(200, {**cluster.testruns[name], "status": {"stage": stage}})
+            if url.path.endswith("/log"):
+                pod = url.path.split("/")[-2]
+                index = int(pod.rsplit("-", 1)[1])
+                lines = ["k6 starting", *(json.dumps({"vu": vu, "runner_index": index, "ok": True})
+                                         for vu in range(3)), '{"cut']
+                return self._send(200, "\n".join(lines))
+            if url.path.endswith("/pods"):
+                selector = parse_qs(url.query)["labelSelector"][0]
+                name = dict(kv.split("=") for kv in selector.split(","))["k6_cr"]
+                run = next((t for t in cluster.created if t["metadata"]["name"] == name), None)
+                count = run["spec"]["parallelism"] if run else 0
+                return self._send(200, {"items": [{"metadata": {"name": f"{name}-{i}"}} for i in range(1, count + 1)]})
+            if url.path.endswith("/deployments"):
+                return self._send(200, {"items": [{"status": {"readyReplicas": 3}}, {"status": {}}]})
+            self._send(404, {})
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[FakeCluster, KubeApi]]:
+    state = FakeCluster()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler(state))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, KubeApi(f"http://127.0.0.1:{server.server_address[1]}", "llm")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_step_creates_watches_collects_and_deletes_its_testrun(
+        cluster: tuple[FakeCluster, KubeApi], tmp_path: Path) -> None:
+    state, api = cluster
+    script = ROOT / "loadgen" / "k6" / "chat-stream.js"
+    result = run_step_k8s(api, "r1", 2, 40, {"vus": 40, "duration_s": 30}, script, tmp_path,
+                          replicas_selector="app.kubernetes.io/component=serving-engine", poll_s=0)
+    created = state.created[0]
+    jsonschema.validate(created, SCHEMA)
+    assert created["spec"]["parallelism"] == result.parallelism == 2
+    assert created["spec"]["script"]["configMap"] == {"name": "serving-envelope-k6-r1", "file": "chat-stream.js"}
+    data = state.configmaps["serving-envelope-k6-r1"]["data"]
+    assert data["chat-stream.js"] == script.read_text() and json.loads(data["step-2.json"])["vus"] == 40
+    assert result.stage == "finished" and result.aborted is None
+    # One request file per runner pod, named by the pod; the records merged, each naming its runner.
+    assert [p.name for p in result.request_files] == [
+        "step-2-requests-serving-envelope-r1-step-2-1.jsonl", "step-2-requests-serving-envelope-r1-step-2-2.jsonl"]
+    assert all(len(p.read_text().splitlines()) == 3 for p in result.request_files)
+    assert len(result.records) == 6 and {r["runner"] for r in result.records} == set(result.runners)
+    assert result.ready_replicas == 3
+    assert state.deleted == ["serving-envelope-r1-step-2"] and state.testruns == {}
+
+
+def test_the_next_step_updates_the_configmap(cluster: tuple[FakeCluster, KubeApi], tmp_path: Path) -> None:
+    state, api = cluster
+    script = ROOT / "loadgen" / "k6" / "chat-stream.js"
+    for step, users in ((1, 8), (2, 64)):
+        run_step_k8s(api, "r2", step, users, {"vus": users}, script, tmp_path, poll_s=0)
+    assert any(c.startswith("PUT ") and c.endswith("/configmaps/serving-envelope-k6-r2") for c in state.calls)
+    assert [t["spec"]["parallelism"] for t in state.created] == [1, 2]
+
+
+def test_the_watchdog_deletes_the_testrun_at_once(cluster: tuple[FakeCluster, KubeApi], tmp_path: Path) -> None:
+    state, api = cluster
+    polls = iter([None, "host memory below the floor"])
+    result = run_step_k8s(api, "r3", 1, 16, {"vus": 16}, ROOT / "loadgen" / "k6" / "chat-stream.js", tmp_path,
+                          watchdog=lambda: next(polls), poll_s=0)
+    assert result.aborted == "host memory below the floor"
+    assert result.stage == "created"  # read once, never finished
+    assert state.deleted == ["serving-envelope-r3-step-1"]
+    assert result.ready_replicas is None
+
+
+def test_api_errors_name_the_call(cluster: tuple[FakeCluster, KubeApi]) -> None:
+    _, api = cluster
+    message = "GET /apis/k6.io/v1alpha1/namespaces/llm/testruns/nope: HTTP 404"
+    with pytest.raises(k8s_executor.KubeError, match=re.escape(message)):
+        api.testrun_stage("nope")
