@@ -10,12 +10,12 @@ Python library besides the collector (settings, processes, native mode, benchmar
     report/        what a run says and its rendering (python -m loadgen report)
     grafana/       dashboard queries, panel images, snapshots, annotations (python -m loadgen snapshot)
     bench/         the benchmarks behind scripts/bench_*.py and scripts/check_queries.py
-    mixin, kubernetes
+    mixin, kubernetes, k8s_executor
                    one source, two renderings: rules and dashboards rewritten for many pods, and the Kubernetes
-                   objects of compose/kubernetes/ (scripts/render_kubernetes.py)
+                   objects of compose/kubernetes/ (scripts/render_kubernetes.py); a sweep step as a k6-operator TestRun
 
 Dependencies point one way: bench -> report, grafana, engine -> results, settings, procs; report -> engine's
 pure modules and grafana.panels; grafana -> prom, settings; the sweep -> report.diagnosis, grafana.annotate;
-kubernetes -> mixin, grafana.dashboards.
+kubernetes -> mixin, grafana.dashboards; k8s_executor -> kubernetes.
 settings and results import nothing of the repo; nothing in loadgen imports bench, scripts/ or tests/.
 """
