@@ -23,6 +23,7 @@ class Row:
     concurrency: float  # users; in a rate sweep, offered requests/s
     output_tok_s: float | None
     vllm_tok_s: float | None
+    vllm_tok_s_whole_step: bool  # over the whole step (runs recorded before the steady-window query), not the window
     user_tok_s: float | None
     ttft_p50_s: float | None
     ttft_p95_s: float | None
@@ -326,6 +327,16 @@ def _user_speed(step: Step) -> tuple[float | None, str]:
     return _get(step, "client", "user_tok_s_p50"), "client"
 
 
+def vllm_tok_s(step: Step) -> tuple[float | None, bool]:
+    """vLLM's counter over the steady window (as k6's figure beside it), else over the whole step's
+    cross-check span (ramp and drain included: not comparable with k6's window figure), flagged True."""
+    window = _get(step, "server", "vllm", "generation_tok_s")
+    if window is not None:
+        return window, False
+    whole = _get(step, "throughput_check", "vllm_tok_s")
+    return whole, whole is not None
+
+
 def analyse(results: RunResults) -> Analysis:
     plan = plan_from_dict(results["plan"])
     thresholds = load_thresholds()
@@ -340,7 +351,7 @@ def analyse(results: RunResults) -> Analysis:
         user, user_source = _user_speed(step)
         rows.append(Row(
             concurrency=step["concurrency"], output_tok_s=client.get("output_tok_s"),
-            vllm_tok_s=_get(step, "throughput_check", "vllm_tok_s"), user_tok_s=user,
+            vllm_tok_s=vllm_tok_s(step)[0], vllm_tok_s_whole_step=vllm_tok_s(step)[1], user_tok_s=user,
             ttft_p50_s=ttft50, ttft_p95_s=ttft95, ttft_source=source, user_tok_s_source=user_source,
             e2e_p95_s=client.get("e2e_p95_s"), requests=client.get("requests", 0), errors=client.get("errors", 0),
             slo_ok=step["slo"]["ok"], broken=step["slo"]["broken"],

@@ -68,11 +68,14 @@ def envelope_table(rows: list[Row]) -> dict[str, Any]:
         "headers": ["concurrency", "output tok/s (k6)", "output tok/s (vLLM)", "per-user tok/s (p50, streaming)",
                     f"p50 TTFT s ({source})", f"p95 TTFT s ({source})", "p95 total s", "requests", "errors", "SLO",
                     "what broke / signals"],
-        "rows": [[str(r.concurrency), _n(r.output_tok_s), _n(r.vllm_tok_s),
+        "rows": [[str(r.concurrency), _n(r.output_tok_s), _n(r.vllm_tok_s) + (" †" if r.vllm_tok_s_whole_step else ""),
                   _n(r.user_tok_s, 1) + ("" if r.user_tok_s_source == "client" else " (vLLM)"), _s(r.ttft_p50_s),
                   _s(r.ttft_p95_s), _s(r.e2e_p95_s, 2), str(r.requests), str(r.errors),
                   "ok" if r.slo_ok else "BROKEN", "; ".join(r.broken + r.signals) or "none"] for r in rows],
         "bad": [not r.slo_ok for r in rows],
+        "note": ("† vLLM's counter over the whole step (ramp-up and drain included; this run predates the "
+                 "steady-window figure), so not comparable with k6's steady-window figure beside it."
+                 if any(r.vllm_tok_s_whole_step for r in rows) else ""),
     }
 
 
