@@ -30,7 +30,7 @@ import yaml
 
 from loadgen.grafana.dashboards import all_dashboards
 from loadgen.grafana.dashboards import render as render_dashboard_json
-from loadgen.mixin import PRESETS, MixinConfig, render_dashboard, render_rule_text
+from loadgen.mixin import PRESETS, MixinConfig, extra_rule_groups, load_config, render_dashboard, render_rule_text
 from loadgen.settings import ROOT
 
 RULES_DIR = ROOT / "prometheus" / "rules"
@@ -58,10 +58,10 @@ def prometheus_rules(config: MixinConfig) -> list[dict[str, Any]]:
         groups = yaml.safe_load(render_rule_text(path.read_text(), config))["groups"]
         objects.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
                         "metadata": _meta(f"serving-envelope-{path.stem}"), "spec": {"groups": groups}})
-    if config.extra_rule_groups:
+    extra = extra_rule_groups(config)
+    if extra:
         objects.append({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-                        "metadata": _meta(f"serving-envelope-{config.name}"),
-                        "spec": {"groups": [dict(g) for g in config.extra_rule_groups]}})
+                        "metadata": _meta(f"serving-envelope-{config.name}"), "spec": {"groups": extra}})
     return objects
 
 
@@ -71,7 +71,7 @@ def _endpoint(port: str, **extra: Any) -> dict[str, Any]:
 
 def monitors(config: MixinConfig) -> list[dict[str, Any]]:
     collector_selector = {"matchLabels": {"app.kubernetes.io/name": COLLECTOR_NAME}}
-    if config.name == "production-stack":
+    if config.gateway != "llm-d":
         # The engines' and the router's ServiceMonitors come from the production-stack chart
         # (values.yaml beside this: servingEngineSpec/routerSpec.serviceMonitor.enabled).
         return [{
@@ -220,9 +220,22 @@ def _shown(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a committed file differs")
+    parser.add_argument("--config", type=Path, help="a YAML file: `preset:` and MixinConfig fields to override "
+                        "(your release's job names, extra aggregation labels); renders that one config")
+    parser.add_argument("--out", type=Path,
+                        help="with --config: the folder to write (default: compose/kubernetes/NAME)")
     args = parser.parse_args(argv)
+    outputs = all_outputs()
+    if args.config:
+        try:
+            config = load_config(yaml.safe_load(args.config.read_text()) or {})
+        except (OSError, ValueError, KeyError, yaml.YAMLError) as e:
+            print(f"error: {args.config}: {e}", file=sys.stderr)
+            return 2
+        folder = args.out or OUT_DIR / config.name
+        outputs = {folder / name: text for name, text in render(config).items()}
     stale = []
-    for path, text in all_outputs().items():
+    for path, text in outputs.items():
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(_shown(path))

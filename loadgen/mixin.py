@@ -23,8 +23,9 @@ What a config changes, and why (the multi-pod rules of issue 16):
                       pod with honorLabels. Adds pod-keyed GPU recording rules and legends.
   node_label          the label naming a node on both node exporter's and DCGM's series: the
                       host-memory alert is joined to nodes that have a GPU.
-  extra_rule_groups   recording rules of the deployment's gateway (router, EPP) mapped to
-                      envelope:* names.
+  gateway, gateway_selector
+                      whose request-routing metrics (production-stack's router, llm-d's EPP) get
+                      recording rules under envelope:* names, and how to select them.
 
     from loadgen.mixin import NATIVE, render_rule_text, render_dashboard
 """
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 # Metric families by name prefix; the lookbehind keeps recorded names (model_name:vllm_...,
@@ -60,7 +61,8 @@ class MixinConfig:
     kv_by: tuple[str, ...] = ()
     dcgm_pod_label: str = ""
     node_label: str = ""
-    extra_rule_groups: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    gateway: str = ""  # "", "production-stack" (its router) or "llm-d" (its EPP): whose metrics map to envelope:*
+    gateway_selector: str = ""  # the router's or EPP's series (their job)
 
     def selector(self, family: str) -> str:
         return {"vllm": self.vllm_selector, "collector": self.collector_selector, "node": self.node_selector,
@@ -68,7 +70,7 @@ class MixinConfig:
 
     @property
     def is_empty(self) -> bool:
-        return self == MixinConfig(name=self.name) and not self.extra_rule_groups
+        return self == MixinConfig(name=self.name)
 
 
 def _family(metric: str) -> str:
@@ -222,13 +224,14 @@ def _gpu_by_pod_rules(config: MixinConfig) -> dict[str, Any]:
 
 
 ROUTER_SELECTOR = 'job=~".+-router-service"'
+EPP_SELECTOR = 'job=~".*epp.*"'
 
 
-def production_stack_router_rules(agg: tuple[str, ...]) -> dict[str, Any]:
+def production_stack_router_rules(agg: tuple[str, ...], selector: str = ROUTER_SELECTOR) -> dict[str, Any]:
     """vLLM production-stack's router (vllm_router): its gauges carry `server` (one engine URL)
     and reuse vLLM's names; here they get envelope:gateway_* names and nothing sums them with
     the engines' series."""
-    r = ROUTER_SELECTOR + ', server!=""'
+    r = selector + ', server!=""'
     by = f" by ({', '.join(agg)})" if agg else ""
     per_server = ", ".join([*agg, "server"])
     return {"name": "envelope-gateway-production-stack", "rules": _rules(
@@ -246,10 +249,10 @@ def production_stack_router_rules(agg: tuple[str, ...]) -> dict[str, Any]:
     )}
 
 
-def llm_d_epp_rules(agg: tuple[str, ...]) -> dict[str, Any]:
+def llm_d_epp_rules(agg: tuple[str, ...], selector: str = EPP_SELECTOR) -> dict[str, Any]:
     """llm-d's endpoint picker (llm_d_epp_*): client-side TTFT/ITL/e2e histograms per model,
     its queue, running requests and ready endpoints, under envelope:gateway_* names."""
-    e = 'job=~".*epp.*"'
+    e = selector
     lbl = ", ".join([*agg, "model_name"])
     by = f" by ({', '.join(agg)})" if agg else ""
 
@@ -271,12 +274,24 @@ def llm_d_epp_rules(agg: tuple[str, ...]) -> dict[str, Any]:
     )}
 
 
+def extra_rule_groups(config: MixinConfig) -> list[dict[str, Any]]:
+    """Rule groups a Kubernetes rendering adds to the repo's files: GPU counters by pod, the gateway's."""
+    groups = [_gpu_by_pod_rules(config)] if config.dcgm_pod_label else []
+    if config.gateway == "production-stack":
+        groups.append(production_stack_router_rules(config.agg_labels, config.gateway_selector or ROUTER_SELECTOR))
+    elif config.gateway == "llm-d":
+        groups.append(llm_d_epp_rules(config.agg_labels, config.gateway_selector or EPP_SELECTOR))
+    elif config.gateway:
+        raise ValueError(f"gateway {config.gateway!r}: one of production-stack, llm-d")
+    return groups
+
+
 # --- presets ------------------------------------------------------------------------------------
 
 NATIVE = MixinConfig()
 
 _K8S_AGG = ("namespace",)
-_PS_BASE = MixinConfig(
+PRODUCTION_STACK = MixinConfig(
     name="production-stack",
     # Engines only: production-stack's engine Service is <release>-<model>-engine-service (the
     # ServiceMonitor's job), and the router's same-named gauges carry `server`, engines' never do.
@@ -286,12 +301,10 @@ _PS_BASE = MixinConfig(
     kv_by=("pod",),
     dcgm_pod_label="exported_pod",
     node_label="node",
+    gateway="production-stack",
+    gateway_selector=ROUTER_SELECTOR,
 )
-PRODUCTION_STACK = MixinConfig(**{
-    **{f: getattr(_PS_BASE, f) for f in _PS_BASE.__dataclass_fields__},
-    "extra_rule_groups": (_gpu_by_pod_rules(_PS_BASE), production_stack_router_rules(_K8S_AGG)),
-})
-_LLMD_BASE = MixinConfig(
+LLM_D = MixinConfig(
     name="llm-d",
     # llm-d's PodMonitor scrapes the vLLM containers themselves (job = <namespace>/<podmonitor>).
     vllm_selector='job=~".*serving-envelope-vllm"',
@@ -300,9 +313,21 @@ _LLMD_BASE = MixinConfig(
     kv_by=("pod",),
     dcgm_pod_label="exported_pod",
     node_label="node",
+    gateway="llm-d",
+    gateway_selector=EPP_SELECTOR,
 )
-LLM_D = MixinConfig(**{
-    **{f: getattr(_LLMD_BASE, f) for f in _LLMD_BASE.__dataclass_fields__},
-    "extra_rule_groups": (_gpu_by_pod_rules(_LLMD_BASE), llm_d_epp_rules(_K8S_AGG)),
-})
 PRESETS = {c.name: c for c in (PRODUCTION_STACK, LLM_D)}
+
+
+def load_config(data: dict[str, Any]) -> MixinConfig:
+    """A config from a YAML mapping: `preset:` (production-stack, llm-d; default none) and any field
+    of MixinConfig to override, e.g. {preset: production-stack, vllm_selector: 'job="my-engines"'}."""
+    data = dict(data)
+    preset = data.pop("preset", None)
+    base = PRESETS[preset] if preset else MixinConfig(name="custom")
+    known = {f.name for f in fields(MixinConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown mixin settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    tuples = {k: tuple(v) for k, v in data.items() if k in ("agg_labels", "kv_by")}
+    return replace(base, **{**data, **tuples})

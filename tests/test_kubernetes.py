@@ -271,3 +271,28 @@ def test_llm_d_values_leave_the_epp_to_the_authenticated_monitor() -> None:
     assert endpoint["authorization"]["credentials"]["name"] == secret["metadata"]["name"]
     binding = next(o for o in rendered_objects("llm-d") if o["kind"] == "ClusterRoleBinding")
     assert binding["subjects"][0]["name"] == secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+
+
+# --- a user's own config ------------------------------------------------------------------------
+
+def test_a_config_file_renders_one_deployment_of_ones_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "mixin.yaml"
+    config.write_text("preset: production-stack\nname: my-stack\nvllm_selector: 'job=\"llama-engines\"'\n"
+                      "agg_labels: [cluster, namespace]\n")
+    out = tmp_path / "out"
+    assert kubernetes.main(["--config", str(config), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*kubernetes.FILES, "kustomization.yaml"])
+    rules = (out / "prometheusrules.yaml").read_text()
+    assert 'sum by (cluster, namespace, model_name) (vllm:num_requests_running{job="llama-engines"})' in rules
+    assert "name: serving-envelope-my-stack" in rules  # the router's group kept, under the config's name
+    assert kubernetes.main(["--config", str(config), "--out", str(out), "--check"]) == 0
+    paths = []
+    for o in kubernetes.objects_of(rules):
+        path = tmp_path / f"{o['metadata']['name']}.yml"
+        path.write_text(yaml.safe_dump({"groups": o["spec"]["groups"]}))
+        paths.append(path)
+    result = promtool("check", "rules", *paths)
+    assert result.returncode == 0, result.stdout + result.stderr
+    config.write_text("preset: production-stack\nvllm_selectr: 'job=\"x\"'\n")
+    assert kubernetes.main(["--config", str(config), "--out", str(out)]) == 2
+    assert "unknown mixin settings: vllm_selectr" in capsys.readouterr().err
