@@ -23,6 +23,9 @@ What a config changes, and why (the multi-pod rules of issue 16):
                       pod with honorLabels. Adds pod-keyed GPU recording rules and legends.
   node_label          the label naming a node on both node exporter's and DCGM's series: the
                       host-memory alert is joined to nodes that have a GPU.
+  k6_native_histograms
+                      the load-test dashboard's client percentiles from k6's native histograms,
+                      summed over k6-operator's runners (per-runner p95 gauges cannot be combined).
   gateway, gateway_selector
                       whose request-routing metrics (production-stack's router, llm-d's EPP) get
                       recording rules under envelope:* names, and how to select them.
@@ -63,6 +66,7 @@ class MixinConfig:
     node_label: str = ""
     gateway: str = ""  # "", "production-stack" (its router) or "llm-d" (its EPP): whose metrics map to envelope:*
     gateway_selector: str = ""  # the router's or EPP's series (their job)
+    k6_native_histograms: bool = False  # k6 trends arrive as native histograms (k6-operator runners)
 
     def selector(self, family: str) -> str:
         return {"vllm": self.vllm_selector, "collector": self.collector_selector, "node": self.node_selector,
@@ -110,9 +114,18 @@ def rewrite_rule_expr(expr: str, config: MixinConfig) -> str:
     return out
 
 
+_K6_TREND_GAUGE = re.compile(r"max\(k6_(?P<trend>\w+?)_p(?P<q>\d\d)\{(?P<sel>[^}]*)\}\)")
+
+
 def rewrite_dashboard_expr(expr: str, config: MixinConfig) -> str:
-    """A panel's PromQL: selectors only (dashboards filter with their variables, not by())."""
-    return inject_selectors(expr, config)
+    """A panel's PromQL: selectors (dashboards filter with their variables, not by()); k6's
+    per-process percentile gauges as quantiles of the runners' summed native histograms."""
+    out = inject_selectors(expr, config)
+    if config.k6_native_histograms:
+        out = _K6_TREND_GAUGE.sub(
+            lambda m: f"histogram_quantile(0.{m['q']}, sum(rate(k6_{m['trend']}_seconds{{{m['sel']}}}"
+                      f"[$__rate_interval])))", out)
+    return out
 
 
 # --- rule files: rewritten as text, so comments and layout survive ------------------------------
@@ -174,7 +187,16 @@ def render_dashboard(model: dict[str, Any], config: MixinConfig) -> dict[str, An
 
     def targets(panel: dict[str, Any]) -> None:
         for t in panel.get("targets", []):
+            before = t["expr"]
             t["expr"] = rewrite_dashboard_expr(t["expr"], config)
+            if "k6_" in before and "histogram_quantile" in t["expr"] and "histogram_quantile" not in before:
+                panel["description"] = panel["description"].replace(
+                    "k6 computes these percentiles over each step's whole run so far.",
+                    "Percentiles of every runner's requests over the rate window (k6's native histograms, "
+                    "summed over k6-operator's runners).").replace(
+                    "Percentiles over each step's run so far.",
+                    "Percentiles of every runner's requests over the rate window (k6's native histograms, "
+                    "summed over k6-operator's runners).")
             if config.dcgm_pod_label and "DCGM_FI_" in t["expr"] and _LEGEND_GPU in t.get("legendFormat", ""):
                 t["legendFormat"] = t["legendFormat"].replace(
                     _LEGEND_GPU, f"{{{{Hostname}}}}/{_LEGEND_GPU} {{{{{config.dcgm_pod_label}}}}}")
@@ -303,6 +325,7 @@ PRODUCTION_STACK = MixinConfig(
     node_label="node",
     gateway="production-stack",
     gateway_selector=ROUTER_SELECTOR,
+    k6_native_histograms=True,
 )
 LLM_D = MixinConfig(
     name="llm-d",
@@ -315,6 +338,7 @@ LLM_D = MixinConfig(
     node_label="node",
     gateway="llm-d",
     gateway_selector=EPP_SELECTOR,
+    k6_native_histograms=True,
 )
 PRESETS = {c.name: c for c in (PRODUCTION_STACK, LLM_D)}
 

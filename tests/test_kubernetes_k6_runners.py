@@ -4,7 +4,8 @@ The operator runs `parallelism` k6 runners, each with `--execution-segment` i/n:
 same script and the tag instance_id=i, and does not aggregate their results. With k6's trends
 pushed as native histograms (loadgen.kubernetes.testrun sets K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM),
 Prometheus adds the runners up: this test checks that nothing is lost or counted twice against
-the requests a local target actually served, and that one p95 comes out of both runners.
+the requests a local target actually served, that one p95 comes out of both runners, and that the
+Kubernetes rendering of the load-test dashboard reads it.
 
 The Prometheus is the same Debian binary as native mode's, started privately with the flags of
 compose/kubernetes/kube-prometheus-stack-values.yaml (remote-write receiver, native histograms):
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from loadgen import kubernetes
 from loadgen.k6_runner import k6_binary
 from loadgen.procs import free_port, running
 
@@ -118,6 +120,16 @@ def test_two_runners_add_up_in_prometheus_nothing_lost_or_doubled(tmp_path: Path
         # ... from which one p95 for the whole step comes (per-runner p95 gauges could not be combined).
         p95 = query(base, 'histogram_quantile(0.95, sum(k6_http_req_duration_seconds{run="segments"}))')[""]
         assert math.isfinite(p95) and 0 < p95 < 5
+        # The Kubernetes rendering of the load-test dashboard reads exactly these series.
+        rendered = kubernetes.OUT_DIR / "production-stack" / "dashboards.yaml"
+        dashboard = kubernetes.dashboards_json(rendered.read_text())
+        exprs = [t["expr"] for p in dashboard["load-test"]["panels"] for t in p.get("targets", [])
+                 if "histogram_quantile" in t["expr"]]
+        assert len(exprs) == 6
+        for expr in exprs:
+            filled = expr.replace("$run", "segments").replace("$step", ".*").replace("$__rate_interval", "1m")
+            (value,) = query(base, filled).values()
+            assert math.isfinite(value) and 0 < value < 5, expr
 
 
 def test_without_native_histograms_prometheus_rejects_the_runners_writes(tmp_path: Path, target: str) -> None:
