@@ -100,6 +100,16 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def step_config(spec: StepSpec, summary_path: str) -> dict[str, Any]:
+    """What the k6 script reads from LOADGEN_STEP_CONFIG (here, or in a k6-operator runner)."""
+    return {
+        "step": spec.step, "vus": spec.vus, "duration_s": round(spec.duration_s, 3), "target": spec.target,
+        "model": spec.model, "prompt": prompt_text(spec.prompt_words), "max_tokens": spec.max_tokens,
+        "ignore_eos": spec.ignore_eos, "request_timeout_s": int(spec.request_timeout_s),
+        "summary_path": summary_path, "api_key": spec.api_key, **spec.extra,
+    }
+
+
 def run_step(spec: StepSpec, work_dir: Path, watchdog: Callable[[], str | None] | None = None,
              poll_s: float = 1.0) -> StepRun:
     """Run k6 for one step; watchdog() is polled and a non-None reason stops k6 at once."""
@@ -110,13 +120,7 @@ def run_step(spec: StepSpec, work_dir: Path, watchdog: Callable[[], str | None] 
     records_path = work_dir / f"step-{spec.step}-requests.jsonl"
     for stale in (summary_path, records_path):
         stale.unlink(missing_ok=True)
-    config = {
-        "step": spec.step, "vus": spec.vus, "duration_s": round(spec.duration_s, 3), "target": spec.target,
-        "model": spec.model, "prompt": prompt_text(spec.prompt_words), "max_tokens": spec.max_tokens,
-        "ignore_eos": spec.ignore_eos, "request_timeout_s": int(spec.request_timeout_s),
-        "summary_path": str(summary_path), "api_key": spec.api_key, **spec.extra,
-    }
-    config_path.write_text(json.dumps(config, indent=1))
+    config_path.write_text(json.dumps(step_config(spec, str(summary_path)), indent=1))
     command = [str(k6_binary()), "run", "--quiet", "--no-usage-report", "--log-format=raw",
                f"--console-output={records_path}", "--tag", f"run={spec.run_id}", "--tag", f"step={spec.step}"]
     env = dict(os.environ, LOADGEN_STEP_CONFIG=str(config_path), K6_NO_USAGE_REPORT="true")

@@ -26,7 +26,8 @@ from urllib.parse import quote
 
 import requests
 
-from loadgen.kubernetes import testrun
+from loadgen.k6_runner import SCRIPT, StepRun, StepSpec, step_config
+from loadgen.kubernetes import USERS_PER_RUNNER, testrun
 
 TESTRUNS = "/apis/k6.io/v1alpha1/namespaces/{ns}/testruns"
 CONFIGMAPS = "/api/v1/namespaces/{ns}/configmaps"
@@ -122,16 +123,16 @@ def _records(text: str) -> list[dict[str, Any]]:
     return out
 
 
-def run_step_k8s(api: KubeApi, run: str, step: int, users: int, step_config: dict[str, Any], script: Path,
+def run_step_k8s(api: KubeApi, run: str, step: float, users: int, config: dict[str, Any], script: Path,
                  work_dir: Path, *, remote_write_url: str = "", replicas_selector: str | None = None,
                  watchdog: Callable[[], str | None] | None = None, poll_s: float = 2.0,
-                 timeout_s: float = 3600.0) -> K8sStepRun:
+                 timeout_s: float = 3600.0, per_runner: int = USERS_PER_RUNNER) -> K8sStepRun:
     """Run one step as a TestRun and collect it; the TestRun is deleted whatever happens."""
     work_dir.mkdir(parents=True, exist_ok=True)
     configmap = f"serving-envelope-k6-{run}"
-    api.apply_configmap(configmap, {script.name: script.read_text(), f"step-{step}.json": json.dumps(step_config)})
+    api.apply_configmap(configmap, {script.name: script.read_text(), f"step-{step:g}.json": json.dumps(config)})
     obj = testrun(run, step, users, script_configmap=configmap, script_file=script.name,
-                  remote_write_url=remote_write_url)
+                  remote_write_url=remote_write_url, per_runner=per_runner)
     name = obj["metadata"]["name"]
     started = time.monotonic()
     api.create_testrun(obj)
@@ -154,7 +155,7 @@ def run_step_k8s(api: KubeApi, run: str, step: int, users: int, step_config: dic
         files = []
         for pod in runners:
             text = api.pod_log(pod)
-            path = work_dir / f"step-{step}-requests-{pod}.jsonl"
+            path = work_dir / f"step-{step:g}-requests-{pod}.jsonl"
             path.write_text("".join(f"{json.dumps(r)}\n" for r in _records(text)))
             files.append(path)
             records.extend({**r, "runner": pod} for r in _records(text))
@@ -164,3 +165,26 @@ def run_step_k8s(api: KubeApi, run: str, step: int, users: int, step_config: dic
     return K8sStepRun(records=records, runners=runners, parallelism=obj["spec"]["parallelism"],
                       ready_replicas=replicas, stage=stage, wall_s=time.monotonic() - started, aborted=aborted,
                       request_files=files)
+
+
+def step_runner(api: KubeApi, *, replicas_selector: str | None = None, poll_s: float = 2.0,
+                per_runner: int = USERS_PER_RUNNER) -> Callable[..., StepRun]:
+    """A function with loadgen.k6_runner.run_step's signature that runs the step on the cluster, for
+    the sweep to call instead (`--executor k8s`): the same records, so the sweep's steady window
+    and SLO judgement apply unchanged. What only the cluster knows (runner pods, their request
+    files, ready replicas) goes to step-<n>-k8s.json beside them."""
+
+    def run(spec: StepSpec, work_dir: Path, watchdog: Callable[[], str | None] | None = None) -> StepRun:
+        config = step_config(spec, "k6-summary.json")  # the runner's own disk; summaries stay there
+        result = run_step_k8s(api, spec.run_id, spec.step, spec.vus, config, spec.script or SCRIPT, work_dir,
+                              remote_write_url=spec.remote_write_url or "", replicas_selector=replicas_selector,
+                              watchdog=watchdog, poll_s=poll_s, per_runner=per_runner)
+        (work_dir / f"step-{spec.step:g}-k8s.json").write_text(json.dumps({
+            "parallelism": result.parallelism, "runners": result.runners, "stage": result.stage,
+            "ready_replicas": result.ready_replicas, "request_files": [p.name for p in result.request_files],
+        }, indent=1))
+        return StepRun(records=result.records, summary=None, exit_code=0 if result.stage == "finished" else 1,
+                       wall_s=result.wall_s, k6_cpu_s=0.0, aborted=result.aborted,
+                       stderr_tail=[] if result.stage == "finished" else [f"TestRun stage {result.stage or 'none'}"])
+
+    return run

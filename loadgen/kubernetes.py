@@ -135,7 +135,7 @@ def parallelism_for(users: int, per_runner: int = USERS_PER_RUNNER) -> int:
     return max(1, -(-users // per_runner))
 
 
-def testrun(run: str, step: int, users: int, *, script_configmap: str = "serving-envelope-k6",
+def testrun(run: str, step: float, users: int, *, script_configmap: str = "serving-envelope-k6",
             script_file: str = "chat-stream.js", remote_write_url: str = "",
             per_runner: int = USERS_PER_RUNNER) -> dict[str, Any]:
     """One sweep step for k6-operator. The ConfigMap holds loadgen/k6/chat-stream.js and the step's
@@ -143,25 +143,26 @@ def testrun(run: str, step: int, users: int, *, script_configmap: str = "serving
     operator gives runner i of n the execution segment i/n:(i+1)/n (the step's users split between
     them) and the tag instance_id; k6 pushes trends as native histograms, which Prometheus adds
     across runners (per-runner p95 gauges could not be combined)."""
+    label = f"{step:g}"  # users, or requests/s in a rate sweep
     env = [
         {"name": "K6_PROMETHEUS_RW_SERVER_URL", "value": remote_write_url or
          "http://kube-prometheus-stack-prometheus.monitoring:9090/api/v1/write"},
         {"name": "K6_PROMETHEUS_RW_TREND_AS_NATIVE_HISTOGRAM", "value": "true"},
         {"name": "K6_PROMETHEUS_RW_STALE_MARKERS", "value": "true"},
         {"name": "K6_PROMETHEUS_RW_PUSH_INTERVAL", "value": "5s"},
-        {"name": "LOADGEN_STEP_CONFIG", "value": f"/test/step-{step}.json"},
+        {"name": "LOADGEN_STEP_CONFIG", "value": f"/test/step-{label}.json"},
     ]
     return {
         "apiVersion": "k6.io/v1alpha1", "kind": "TestRun",
-        "metadata": _meta(f"serving-envelope-{run}-step-{step}", **{"serving-envelope/run": run,
-                                                                     "serving-envelope/step": str(step)}),
+        "metadata": _meta(f"serving-envelope-{run}-step-{label.replace('.', '-')}".lower(),
+                          **{"serving-envelope/run": run, "serving-envelope/step": label}),
         "spec": {
             "parallelism": parallelism_for(users, per_runner),
             "separate": False, "cleanup": "post",
             "script": {"configMap": {"name": script_configmap, "file": script_file}},
             # Raw log lines: the script's one JSON line per request reaches the pod log as is
             # (loadgen.k8s_executor reads it back as the runner's request file).
-            "arguments": f"--log-format=raw --out experimental-prometheus-rw --tag run={run} --tag step={step}",
+            "arguments": f"--log-format=raw --out experimental-prometheus-rw --tag run={run} --tag step={label}",
             "runner": {"image": K6_IMAGE, "env": env,
                        "metadata": {"labels": {"app.kubernetes.io/part-of": PART_OF}}},
         },

@@ -22,6 +22,7 @@ import jsonschema
 import pytest
 
 from loadgen import k8s_executor
+from loadgen.k6_runner import StepRun, StepSpec, step_config
 from loadgen.k8s_executor import KubeApi, run_step_k8s
 from loadgen.settings import ROOT
 
@@ -172,3 +173,28 @@ def test_api_errors_name_the_call(cluster: tuple[FakeCluster, KubeApi]) -> None:
     message = "GET /apis/k6.io/v1alpha1/namespaces/llm/testruns/nope: HTTP 404"
     with pytest.raises(k8s_executor.KubeError, match=re.escape(message)):
         api.testrun_stage("nope")
+
+
+def test_step_runner_has_run_steps_shape_for_the_sweep(cluster: tuple[FakeCluster, KubeApi], tmp_path: Path) -> None:
+    state, api = cluster
+    spec = StepSpec(run_id="20261201-171244-default", step=48, vus=48, duration_s=30, target="http://collector:8000",
+                    model="qwen3-8b", prompt_words=100, max_tokens=64, ignore_eos=True, request_timeout_s=60,
+                    remote_write_url="http://prometheus:9090/api/v1/write")
+    run = k8s_executor.step_runner(api, replicas_selector="app=vllm", poll_s=0)(spec, tmp_path, None)
+    assert isinstance(run, StepRun) and run.exit_code == 0 and len(run.records) == 6
+    config = json.loads(state.configmaps["serving-envelope-k6-20261201-171244-default"]["data"]["step-48.json"])
+    assert config == step_config(spec, "k6-summary.json")
+    env = {e["name"]: e["value"] for e in state.created[0]["spec"]["runner"]["env"]}
+    assert env["K6_PROMETHEUS_RW_SERVER_URL"] == spec.remote_write_url
+    assert env["LOADGEN_STEP_CONFIG"] == "/test/step-48.json"
+    side = json.loads((tmp_path / "step-48-k8s.json").read_text())
+    assert side["parallelism"] == 2 and side["ready_replicas"] == 3 and len(side["request_files"]) == 2
+
+
+def test_a_rate_step_gets_a_valid_name(cluster: tuple[FakeCluster, KubeApi], tmp_path: Path) -> None:
+    state, api = cluster
+    spec = StepSpec(run_id="r5", step=2.5, vus=20, duration_s=30, target="t", model="m", prompt_words=1,
+                    max_tokens=1, ignore_eos=True, request_timeout_s=60, remote_write_url=None)
+    k8s_executor.step_runner(api, poll_s=0)(spec, tmp_path)
+    assert state.created[0]["metadata"]["name"] == "serving-envelope-r5-step-2-5"
+    assert state.created[0]["metadata"]["labels"]["serving-envelope/step"] == "2.5"
