@@ -273,7 +273,8 @@ class Sweep:
 
     def _annotate(self, step: Step) -> None:
         client = step.get("client") or {}
-        text = (f"loadgen {self.results['run_id']}: {step['concurrency']} users, "
+        level = f"{step['concurrency']:g} req/s" if step.get("mode") == "rate" else f"{step['concurrency']} users"
+        text = (f"loadgen {self.results['run_id']}: {level}, "
                 f"{client.get('output_tok_s', 0):.0f} tok/s, SLO {'ok' if step.get('slo', {}).get('ok') else 'broken'}")
         self.annotator.step(self.results["run_id"], step["concurrency"], step["started"], step["ended"], text)
 
