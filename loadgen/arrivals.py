@@ -69,6 +69,13 @@ class Length:
 
 
 @dataclass(frozen=True)
+class SlowReaders:
+    share: float = 0.0  # of the arrivals, sent by loadgen/slow_readers.py instead of k6
+    read_bytes_per_s: float = 2000.0  # ~10 tokens/s of OpenAI stream chunks
+    recv_buffer_bytes: int = 4096  # the reader's socket buffer, small so back-pressure reaches the server
+
+
+@dataclass(frozen=True)
 class Mix:
     prompt_words: Length = field(default_factory=lambda: Length(value=40))
     output_tokens: Length = field(default_factory=lambda: Length(value=128))
@@ -78,6 +85,7 @@ class Mix:
     # (earlier questions and the model's answers) and a new question, after think_time_s.
     turns: Length = field(default_factory=lambda: Length(value=1))
     think_time_s: float = 0.0
+    slow_readers: SlowReaders = field(default_factory=SlowReaders)
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -193,7 +201,20 @@ def parse_mix(raw: Any, where: str = "mix") -> Mix:
                system_prompt_words=int(_num(f"{where}.system_prompt_words", data.get("system_prompt_words", 0), 0,
                                             integer=True)),
                turns=parse_length(data.get("turns", 1), f"{where}.turns"),
-               think_time_s=float(_num(f"{where}.think_time_s", data.get("think_time_s", 0.0), 0)))
+               think_time_s=float(_num(f"{where}.think_time_s", data.get("think_time_s", 0.0), 0)),
+               slow_readers=_slow_readers(data.get("slow_readers"), f"{where}.slow_readers"))
+
+
+def _slow_readers(raw: Any, where: str) -> SlowReaders:
+    data = _mapping(where, raw, tuple(SlowReaders.__dataclass_fields__))
+    share = float(_num(f"{where}.share", data.get("share", 0.0), 0))
+    if share > 1:
+        raise WorkloadError(f"{where}.share: must be <= 1, got {share!r}")
+    return SlowReaders(share=share,
+                       read_bytes_per_s=float(_num(f"{where}.read_bytes_per_s", data.get("read_bytes_per_s", 2000.0),
+                                                   0, above=True)),
+                       recv_buffer_bytes=int(_num(f"{where}.recv_buffer_bytes", data.get("recv_buffer_bytes", 4096),
+                                                  1024, integer=True)))
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -261,13 +282,16 @@ def sample_lengths(length: Length, n: int, rng: np.random.Generator) -> list[int
 
 
 def requests_for(instants: list[float], mix: Mix, seed: int) -> list[list[float]]:
-    """One [offset_ms, prompt_words, max_tokens, turns] row per arrival (the schedule k6 reads); a
-    conversation's turns each ask prompt_words and answer up to max_tokens."""
+    """One [offset_ms, prompt_words, max_tokens, turns, slow_reader] row per arrival (the schedule k6
+    reads); a conversation's turns each ask prompt_words and answer up to max_tokens; a slow reader's
+    row (1) is sent by loadgen/slow_readers.py, not k6."""
     rng = np.random.default_rng(seed + 1)
     prompts = sample_lengths(mix.prompt_words, len(instants), rng)
     outputs = sample_lengths(mix.output_tokens, len(instants), rng)
     turns = sample_lengths(mix.turns, len(instants), rng)
-    return [[round(t * 1000, 3), p, o, n] for t, p, o, n in zip(instants, prompts, outputs, turns, strict=True)]
+    slow = (rng.random(len(instants)) < mix.slow_readers.share).astype(int).tolist()
+    return [[round(t * 1000, 3), p, o, n, s] for t, p, o, n, s in zip(instants, prompts, outputs, turns, slow,
+                                                                        strict=True)]
 
 
 def describe(arrival: Arrival) -> str:

@@ -36,6 +36,7 @@ from loadgen.k6_runner import PROMPT_TEXT, StepRun, StepSpec, prompt_text
 from loadgen.plan import Plan
 from loadgen.prom import Prometheus, PrometheusDown, render, step_queries
 from loadgen.results import RunResults, Step
+from loadgen.slow_readers import SlowReaders
 
 OPEN_LOOP_SCRIPT = Path(__file__).resolve().parent / "k6" / "open-loop.js"
 MILLI = 1000  # the knee search climbs and bisects in integer milli-requests/s
@@ -98,7 +99,9 @@ def step_spec(plan: Plan, run_id: str, rate: float, duration_s: float, target: s
              # After the schedule's end: time for the last conversation's every turn to finish.
              "tail_s": (plan.request_timeout_s + mix.think_time_s) * max(int(r[3]) for r in rows) + 5,
              "late_tolerance_ms": plan.arrival.late_tolerance_ms, "start_delay_ms": START_DELAY_MS,
-             "vocabulary": PROMPT_TEXT, "system_prompt": prompt_text(mix.system_prompt_words) or None}
+             "vocabulary": PROMPT_TEXT, "system_prompt": prompt_text(mix.system_prompt_words) or None,
+             "slow_read_bytes_per_s": mix.slow_readers.read_bytes_per_s,
+             "slow_recv_buffer_bytes": mix.slow_readers.recv_buffer_bytes}
     return StepSpec(run_id=run_id, step=rate, vus=plan.arrival.max_in_flight, duration_s=duration_s, target=target,
                     model=model, prompt_words=0, max_tokens=int(max(r[2] for r in rows)), ignore_eos=mix.ignore_eos,
                     request_timeout_s=plan.request_timeout_s, remote_write_url=remote_write_url, api_key=api_key,
@@ -110,6 +113,31 @@ def split(run: StepRun) -> tuple[StepRun, list[dict[str, Any]]]:
     sent = [r for r in run.records if not r.get("dropped")]
     dropped = [r for r in run.records if r.get("dropped")]
     return replace(run, records=sent), dropped
+
+
+def slow_readers_for(spec: StepSpec, work_dir: Path) -> SlowReaders:
+    """The step's slow readers (loadgen/slow_readers.py), sent beside k6 from the same schedule."""
+    rows = json.loads(Path(spec.extra["schedule_path"]).read_text())
+    cfg = {"target": spec.target, "model": spec.model, "ignore_eos": spec.ignore_eos, "api_key": spec.api_key,
+           "request_timeout_s": spec.request_timeout_s, "step": spec.step, **spec.extra}
+    return SlowReaders(cfg, rows, work_dir.resolve() / f"step-{spec.step}-requests.jsonl",
+                       work_dir.resolve() / f"step-{spec.step}-slow-readers.jsonl")
+
+
+def slow_figures(records: list[dict[str, Any]], steady_start: float, steady_end: float) -> dict[str, Any] | None:
+    """The slow readers' own figures (kept out of the step's client statistics)."""
+    if not records:
+        return None
+    inside = [r for r in records if steady_start <= r["start_ms"] / 1000 < steady_end] or records
+    ok = [r for r in inside if not r.get("error")]
+    totals = [r["total_ms"] / 1000 for r in ok]
+    rates = [r["bytes"] / (r["total_ms"] / 1000) for r in ok if r.get("bytes") and r["total_ms"] > 0]
+    return {"requests": len(inside), "ok": len(ok), "errors": len(inside) - len(ok),
+            "error_kinds": sorted({str(r["error"]) for r in inside if r.get("error")}),
+            "ttft_p50_s": stats.percentile([r["ttft_ms"] / 1000 for r in ok], 50),
+            "total_p50_s": stats.percentile(totals, 50), "total_p95_s": stats.percentile(totals, 95),
+            "read_bytes_per_s_p50": stats.percentile(rates, 50),
+            "output_tokens_p50": stats.percentile([float(r["output_tokens"]) for r in ok], 50)}
 
 
 class QueueSampler:
@@ -134,8 +162,14 @@ class QueueSampler:
                                           if s.labels.get("model_name", self.model) == self.model)
         self.samples.append((time.time(), values["vllm:num_requests_waiting"], values["vllm:num_requests_running"]))
 
-    def wrap(self, watchdog: Callable[[], str | None]) -> Callable[[], str | None]:
+    def wrap(self, watchdog: Callable[[], str | None], first: Callable[[], None] | None = None
+             ) -> Callable[[], str | None]:
+        """The runner's watchdog, sampling on each poll; `first` runs at the first poll (k6 has started)."""
+        pending = [first] if first else []
+
         def check() -> str | None:
+            while pending:
+                pending.pop()()
             self.sample()
             return watchdog()
         return check
@@ -318,8 +352,14 @@ def load_context(results: RunResults, steps: list[Step]) -> dict[str, Any] | Non
 
     plan = plan_from_dict(plan_data)
     mix = mix_of(plan)
-    rate_rows, length_rows, drain_rows = [], [], []
+    rate_rows, length_rows, drain_rows, slow_rows = [], [], [], []
     for s in steps:
+        sr = s.get("slow_readers")
+        if sr:
+            slow_rows.append([f"{s['concurrency']:g}", f"{sr['ok']} of {sr['requests']}", _n(sr["ttft_p50_s"], 3),
+                              _n(sr["total_p50_s"], 2), _n(sr["total_p95_s"], 2),
+                              _n((s.get("client") or {}).get("e2e_p50_s"), 2), _n(sr["read_bytes_per_s_p50"], 0),
+                              _n(sr["output_tokens_p50"], 0), ", ".join(sr["error_kinds"]) or "none"])
         r = s.get("rate") or {}
         rate_rows.append([f"{s['concurrency']:g}", _n(r.get("offered_req_s"), 2), str(r.get("scheduled", "n/a")),
                           _n(r.get("sent_req_s"), 2), _n(r.get("completed_ok_req_s"), 2),
@@ -353,7 +393,11 @@ def load_context(results: RunResults, steps: list[Step]) -> dict[str, Any] | Non
                 + ("" if mix.turns == arrivals.Length(value=1) else
                    f"; conversations of {arrivals.describe_length(mix.turns, 'turns')}, each turn resending the "
                    f"history, {mix.think_time_s:g} s of thinking between turns (an arrival is a conversation; "
-                   "completed requests count every turn)")),
+                   "completed requests count every turn)"))
+                + (f"; {mix.slow_readers.share:.0%} of the arrivals are slow readers (reading at "
+                   f"{mix.slow_readers.read_bytes_per_s:g} bytes/s through a {mix.slow_readers.recv_buffer_bytes} "
+                   "byte socket buffer, sent by loadgen's own client and kept out of the client figures)"
+                   if mix.slow_readers.share else ""),
         "rate_table": {"headers": ["offered req/s (step)", "offered req/s (window)", "scheduled", "sent req/s",
                                    "completed ok req/s", "dropped", "send late p50 ms", "send late p99 ms",
                                    "sent over the tolerance late (k6 short of CPU)", "client in flight avg"],
@@ -364,4 +408,7 @@ def load_context(results: RunResults, steps: list[Step]) -> dict[str, Any] | Non
                                      "prefix cache hit ratio"], "rows": length_rows},
         "drain_table": {"headers": ["offered req/s", "burst", "waiting before (max)", "waiting peak",
                                     "queue drained after the burst in"], "rows": drain_rows} if drain_rows else None,
+        "slow_table": {"headers": ["offered req/s", "slow readers ok", "TTFT p50 s", "total p50 s", "total p95 s",
+                                   "other readers' total p50 s", "read bytes/s p50", "output tokens p50", "errors"],
+                       "rows": slow_rows} if slow_rows else None,
     }

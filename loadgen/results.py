@@ -71,6 +71,7 @@ class Step(TypedDict, total=False):
     rate: dict[str, Any]
     lengths: dict[str, Any] | None
     queue: dict[str, Any]
+    slow_readers: dict[str, Any] | None  # loadgen/slow_readers.py's own figures, apart from the client's
 
 
 class RunResults(TypedDict, total=False):

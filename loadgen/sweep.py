@@ -131,8 +131,11 @@ class Sweep:
         spec = rate_mode.step_spec(self.plan, self.results["run_id"], rate, length, self.target, self.model,
                                    self.remote_write_url, self.api_key, self.run_dir / "raw")
         sampler = rate_mode.QueueSampler(rate_mode.vllm_metrics_url(self.prometheus), self.model)
+        slow = rate_mode.slow_readers_for(spec, self.run_dir / "raw")
         started = time.time()
-        run = run_step(spec, self.run_dir / "raw", watchdog=sampler.wrap(self._watchdog(bar, started, length)))
+        run = run_step(spec, self.run_dir / "raw", watchdog=sampler.wrap(self._watchdog(bar, started, length),
+                                                                         first=slow.start))
+        slow_records = slow.join()
         run, dropped = rate_mode.split(run)
         step = self.measure(rate, started, run, steady)
         step["mode"] = "rate"
@@ -141,6 +144,9 @@ class Sweep:
                                                   step["steady_end"])
             step["lengths"] = rate_mode.lengths(self.prometheus, self.model, started, time.time())
             step["queue"] = rate_mode.queue_figures(sampler, self.plan, rate_mode.schedule_zero(run.records + dropped))
+            step["slow_readers"] = rate_mode.slow_figures(slow_records, step["steady_start"], step["steady_end"])
+            if slow.note:
+                step["missing"].append(slow.note)
             if "slo" in step:
                 rate_mode.judge_drops(step, self.plan)
         return step

@@ -83,7 +83,7 @@ def test_histogram_lengths_follow_the_weights_and_the_shipped_file_parses() -> N
 def test_request_rows_carry_each_arrivals_lengths_and_turns() -> None:
     mix = arrivals.Mix(prompt_words=arrivals.Length(value=7), output_tokens=arrivals.Length(value=33))
     rows = arrivals.requests_for([0.1, 0.25], mix, seed=0)
-    assert rows == [[100.0, 7, 33, 1], [250.0, 7, 33, 1]]
+    assert rows == [[100.0, 7, 33, 1, 0], [250.0, 7, 33, 1, 0]]
     chats = arrivals.parse_mix({"prompt_words": 7, "output_tokens": 33, "think_time_s": 2,
                                 "turns": {"dist": "histogram", "bins": [[2, 4, 1]]}})
     assert chats.think_time_s == 2.0
@@ -186,6 +186,22 @@ def test_dropped_arrivals_are_counted_and_break_the_slo_over_the_stop_ratio() ->
     step = {"rate": few, "slo": {"ok": True, "broken": []}}
     rate_mode.judge_drops(step, plan)
     assert step["slo"]["ok"] is True  # 2 of 82: under the stop ratio, reported but not a breach
+
+
+def test_slow_reader_rows_follow_the_share_and_their_chunked_streams_parse() -> None:
+    from loadgen import slow_readers
+
+    mix = arrivals.parse_mix({"prompt_words": 5, "output_tokens": 5, "slow_readers": {"share": 0.25}})
+    rows = arrivals.requests_for([0.01 * i for i in range(4000)], mix, seed=3)
+    assert sum(r[4] for r in rows) / len(rows) == pytest.approx(0.25, abs=0.03)
+    events = (b'data: {"choices": []}\n\n'
+              b'data: {"usage": {"completion_tokens": 5, "prompt_tokens": 9}}\n\ndata: [DONE]\n\n')
+    framed = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (events[:30], events[30:])) + b"0\r\n\r\n"
+    assert slow_readers._dechunk(framed) == events
+    assert slow_readers._usage(events) == ({"completion_tokens": 5, "prompt_tokens": 9}, "")
+    with pytest.raises(PlanError, match=r"mix.slow_readers.share: must be <= 1"):
+        parse_plan({"mode": "rate", "rates": [1], "mix": {"prompt_words": 5, "output_tokens": 5,
+                                                          "slow_readers": {"share": 2}}}, "plan.yaml")
 
 
 def test_queue_drain_after_a_burst() -> None:

@@ -35,7 +35,7 @@ def test_a_short_rate_sweep_reports_offered_vs_achieved_lengths_and_drain(stack:
         "mix": {"prompt_words": {"dist": "lognormal", "mean": 25, "cv": 0.5, "max": 55},
                 "output_tokens": {"dist": "lognormal", "mean": 48, "cv": 0.5, "min": 8, "max": 120},
                 "system_prompt_words": 40, "turns": {"dist": "histogram", "bins": [[1, 2, 1]]},
-                "think_time_s": 0.3},
+                "think_time_s": 0.3, "slow_readers": {"share": 0.2, "read_bytes_per_s": 4000}},
     }
     plan_path = tmp_path / "plan.yaml"
     plan_path.write_text(yaml.safe_dump(plan))
@@ -78,16 +78,25 @@ def test_a_short_rate_sweep_reports_offered_vs_achieved_lengths_and_drain(stack:
     for r in seconds:
         opening = first[(r["step"], r["index"])]
         assert r["prompt_tokens"] > opening["prompt_tokens"] + opening["output_tokens"], (opening, r)
-        assert r["start_ms"] >= opening["start_ms"] + opening["total_ms"] + 300  # after the answer and the thinking
+        assert r["start_ms"] >= opening["start_ms"] + opening["total_ms"] + 290  # after the answer and 0.3 s thinking
     assert min(r["max_tokens"] for r in sent) >= 8 and max(r["max_tokens"] for r in sent) <= 160
     assert len({r["max_tokens"] for r in sent}) > 3  # drawn, not fixed
+    # Slow readers: sent by loadgen's own client at their instants, read at 4,000 bytes/s, kept apart.
+    slow = [json.loads(line) for raw in (run_dir / "raw").glob("step-*-slow-readers.jsonl")
+            for line in raw.read_text().splitlines()]
+    assert slow and all(r["slow_reader"] and r["late_ms"] < 1000 for r in slow)
+    assert not {(r["step"], r["index"]) for r in slow} & {(r["step"], r["index"]) for r in records}  # not k6's
+    done = [r for r in slow if not r["error"]]
+    assert done and all(r["output_tokens"] == r["max_tokens"] for r in done)
+    assert all(r["bytes"] / (r["total_ms"] / 1000) < 4000 * 1.3 for r in done)
+    assert steps[3.0]["slow_readers"]["ok"] >= 1
     with (run_dir / "requests.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == len(records)
     report = (run_dir / "report.md").read_text()
     for text in ("open loop by arrival rate", "## Load: open loop, offered vs achieved", "offered req/s",
                  "completed ok req/s", "dropped", "Lengths vLLM saw", "queue drained after the burst in",
                  "Poisson arrivals", "lognormal, mean 25 words", "a shared system prompt of 40 words",
-                 "conversations of histogram"):
+                 "conversations of histogram", "slow readers ok"):
         assert text in report, text
     assert "concurrent users" not in report.split("## Envelope table")[0]
     html = (run_dir / "report.html").read_text()

@@ -111,9 +111,12 @@ function errorKind(res, parsed) {
 
 export default function () {
   const index = exec.scenario.iterationInTest;
-  const [offsetMs, promptWords, maxTokens, turnsRaw] = schedule[index];
+  const [offsetMs, promptWords, maxTokens, turnsRaw, slowReader] = schedule[index];
   const turns = turnsRaw || 1;
   const zero = exec.scenario.startTime + cfg.start_delay_ms;
+  // The schedule's zero for loadgen/slow_readers.py, which sends the slow readers' rows (k6 reads at full speed).
+  if (index === 0) console.log(`zero_ms=${zero}`);
+  if (slowReader) return;
   const due = zero + offsetMs;
   let now = Date.now();
   const taken = now - due; // > 0: no user was free to take this request before its instant
