@@ -76,6 +76,17 @@ class SlowReaders:
 
 
 @dataclass(frozen=True)
+class Retries:
+    max: int = 0  # retries after the first attempt
+    # The client's error kinds that are retried (not `on`: YAML 1.1 reads that key as true).
+    errors: tuple[str, ...] = ("timeout", "connection", "http_5xx")
+    backoff_s: float = 1.0  # before the first retry, doubling after each
+
+
+RETRYABLE = ("timeout", "connection", "http_5xx", "http_4xx", "stream_error", "no_usage", "empty_stream", "bad_chunk")
+
+
+@dataclass(frozen=True)
 class Mix:
     prompt_words: Length = field(default_factory=lambda: Length(value=40))
     output_tokens: Length = field(default_factory=lambda: Length(value=128))
@@ -86,6 +97,7 @@ class Mix:
     turns: Length = field(default_factory=lambda: Length(value=1))
     think_time_s: float = 0.0
     slow_readers: SlowReaders = field(default_factory=SlowReaders)
+    retries: Retries = field(default_factory=Retries)
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -202,7 +214,17 @@ def parse_mix(raw: Any, where: str = "mix") -> Mix:
                                             integer=True)),
                turns=parse_length(data.get("turns", 1), f"{where}.turns"),
                think_time_s=float(_num(f"{where}.think_time_s", data.get("think_time_s", 0.0), 0)),
-               slow_readers=_slow_readers(data.get("slow_readers"), f"{where}.slow_readers"))
+               slow_readers=_slow_readers(data.get("slow_readers"), f"{where}.slow_readers"),
+               retries=_retries(data.get("retries"), f"{where}.retries"))
+
+
+def _retries(raw: Any, where: str) -> Retries:
+    data = _mapping(where, raw, tuple(Retries.__dataclass_fields__))
+    kinds = data.get("errors", Retries.errors)
+    if not isinstance(kinds, list | tuple) or not kinds or any(kind not in RETRYABLE for kind in kinds):
+        raise WorkloadError(f"{where}.errors: must be a non-empty list of {', '.join(RETRYABLE)}, got {kinds!r}")
+    return Retries(max=int(_num(f"{where}.max", data.get("max", 0), 0, integer=True)), errors=tuple(kinds),
+                   backoff_s=float(_num(f"{where}.backoff_s", data.get("backoff_s", 1.0), 0)))
 
 
 def _slow_readers(raw: Any, where: str) -> SlowReaders:

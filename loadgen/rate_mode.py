@@ -100,6 +100,8 @@ def step_spec(plan: Plan, run_id: str, rate: float, duration_s: float, target: s
              "tail_s": (plan.request_timeout_s + mix.think_time_s) * max(int(r[3]) for r in rows) + 5,
              "late_tolerance_ms": plan.arrival.late_tolerance_ms, "start_delay_ms": START_DELAY_MS,
              "vocabulary": PROMPT_TEXT, "system_prompt": prompt_text(mix.system_prompt_words) or None,
+             "retry_max": mix.retries.max, "retry_on": list(mix.retries.errors),
+             "retry_backoff_s": mix.retries.backoff_s,
              "slow_read_bytes_per_s": mix.slow_readers.read_bytes_per_s,
              "slow_recv_buffer_bytes": mix.slow_readers.recv_buffer_bytes}
     return StepSpec(run_id=run_id, step=rate, vus=plan.arrival.max_in_flight, duration_s=duration_s, target=target,
@@ -203,8 +205,10 @@ def rate_figures(plan: Plan, rate: float, sent: list[dict[str, Any]], dropped: l
     def inside(r: dict[str, Any]) -> bool:
         return bool(steady_start <= r["scheduled_ms"] / 1000 < steady_end)
 
-    # Arrivals are first turns (a conversation's later turns follow its answers, not the schedule).
-    sent_in = [r for r in sent if inside(r) and not r.get("turn")]
+    # Arrivals are first attempts of first turns (a conversation's later turns follow its answers, retries
+    # follow failures; neither is on the schedule).
+    sent_in = [r for r in sent if inside(r) and not r.get("turn") and not r.get("attempt")]
+    retries_in = [r for r in sent if r.get("attempt") and steady_start <= r["start_ms"] / 1000 < steady_end]
     dropped_in = [r for r in dropped if inside(r)]
     ok_in = [r for r in sent if not r.get("error") and steady_start <= r["start_ms"] / 1000 < steady_end]
     late = [float(r.get("late_ms") or 0.0) for r in sent_in]
@@ -215,6 +219,7 @@ def rate_figures(plan: Plan, rate: float, sent: list[dict[str, Any]], dropped: l
         if plan.arrival.bursts else rate,
         "scheduled": scheduled, "scheduled_req_s": scheduled / window,
         "sent": len(sent_in), "sent_req_s": len(sent_in) / window,
+        "retries": len(retries_in), "retried_ok": sum(1 for r in retries_in if not r.get("error")),
         "completed_ok": len(ok_in), "completed_ok_req_s": len(ok_in) / window,
         "dropped": len(dropped_in), "dropped_ratio": len(dropped_in) / scheduled if scheduled else 0.0,
         "dropped_total": len(dropped), "scheduled_total": len(every),
@@ -365,6 +370,7 @@ def load_context(results: RunResults, steps: list[Step]) -> dict[str, Any] | Non
                           _n(r.get("sent_req_s"), 2), _n(r.get("completed_ok_req_s"), 2),
                           f"{r.get('dropped', 'n/a')} ({r.get('dropped_ratio', 0):.1%})" if r else "n/a",
                           _n(r.get("late_p50_ms")), _n(r.get("late_p99_ms")), str(r.get("sent_late", "n/a")),
+                          f"{r['retries']} ({r['retried_ok']} ok)" if r.get("retries") is not None else "n/a",
                           _n((s.get("client") or {}).get("in_flight_avg"), 1)])
         lengths_ = s.get("lengths") or {}
         prompt = histogram_summary(lengths_.get("prompt_buckets"), lengths_.get("prompt_sum"),
@@ -394,13 +400,16 @@ def load_context(results: RunResults, steps: list[Step]) -> dict[str, Any] | Non
                    f"; conversations of {arrivals.describe_length(mix.turns, 'turns')}, each turn resending the "
                    f"history, {mix.think_time_s:g} s of thinking between turns (an arrival is a conversation; "
                    "completed requests count every turn)"))
+                + (f"; failed requests ({', '.join(mix.retries.errors)}) retried up to {mix.retries.max} times after "
+                   f"{mix.retries.backoff_s:g} s, doubling" if mix.retries.max else "")
                 + (f"; {mix.slow_readers.share:.0%} of the arrivals are slow readers (reading at "
                    f"{mix.slow_readers.read_bytes_per_s:g} bytes/s through a {mix.slow_readers.recv_buffer_bytes} "
                    "byte socket buffer, sent by loadgen's own client and kept out of the client figures)"
                    if mix.slow_readers.share else ""),
         "rate_table": {"headers": ["offered req/s (step)", "offered req/s (window)", "scheduled", "sent req/s",
                                    "completed ok req/s", "dropped", "send late p50 ms", "send late p99 ms",
-                                   "sent over the tolerance late (k6 short of CPU)", "client in flight avg"],
+                                   "sent over the tolerance late (k6 short of CPU)", "retries sent",
+                                   "client in flight avg"],
                        "rows": rate_rows},
         "length_table": {"headers": ["offered req/s", "requests (vLLM)", "prompt tokens mean", "prompt p10 bucket",
                                      "prompt p50 bucket", "prompt p90 bucket", "output tokens mean",

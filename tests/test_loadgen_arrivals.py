@@ -121,6 +121,9 @@ RATE = {"mode": "rate", "rates": [1, 2]}
     ({**RATE, "mix": {"prompt_words": 10, "output_tokens": 5, "turns": 0}}, "mix.turns: must be >= 1"),
     ({**RATE, "mix": {"prompt_words": 10, "output_tokens": 5, "think_time_s": -1}}, "mix.think_time_s: must be >= 0"),
     ({**RATE, "search": {"max_rate": -1}}, "search.max_rate: must be >= 0.001"),
+    ({**RATE, "mix": {"prompt_words": 1, "output_tokens": 1, "retries": {"errors": ["teapot"]}}},
+     "mix.retries.errors: must be a non-empty list of timeout"),
+    ({**RATE, "mix": {"prompt_words": 1, "output_tokens": 1, "retries": {"max": -1}}}, "mix.retries.max: must be >= 0"),
 ])
 def test_a_bad_rate_plan_names_the_field_in_one_line(plan: dict[str, Any], message: str) -> None:
     with pytest.raises(PlanError) as error:
@@ -182,6 +185,10 @@ def test_dropped_arrivals_are_counted_and_break_the_slo_over_the_stop_ratio() ->
     step: dict[str, Any] = {"rate": figures, "slo": {"ok": True, "broken": []}}
     rate_mode.judge_drops(step, plan)
     assert step["slo"]["ok"] is False and "dropped 20 of 100" in step["slo"]["broken"][0]
+    retried = [{**record(3.0 + t), "attempt": 1, "start_ms": (3.5 + t) * 1000, "error": "timeout" if t else ""}
+               for t in range(3)]
+    storm = rate_mode.rate_figures(plan, 10.0, sent + retried, dropped, 2.0, 12.0)
+    assert storm["sent"] == 80 and storm["retries"] == 3 and storm["retried_ok"] == 1  # retries are not arrivals
     few = rate_mode.rate_figures(plan, 10.0, sent, dropped[:2], 2.0, 12.0)
     step = {"rate": few, "slo": {"ok": True, "broken": []}}
     rate_mode.judge_drops(step, plan)

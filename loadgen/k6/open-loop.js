@@ -146,13 +146,29 @@ export default function () {
     }
     const nonce = turn === 0 ? `[${cfg.run_id}-${index}] ` : '';
     messages.push({ role: 'user', content: `${nonce}${words(promptWords, turn * 7)}` });
-    const answer = send(index, turn, zero, due, now, turn === 0 ? late : 0, messages, maxTokens);
+    let answer = null;
+    // A client that retries: after a failure of a kind in retry_on, the same request again after
+    // retry_backoff_s, doubling each time (every attempt is a request the server sees: a retry storm
+    // shows in the request counts).
+    for (let attempt = 0; attempt <= cfg.retry_max; attempt += 1) {
+      if (attempt > 0) {
+        sleep(cfg.retry_backoff_s * 2 ** (attempt - 1));
+        now = Date.now();
+      }
+      const result = send(index, turn, attempt, zero, due, now, turn === 0 && attempt === 0 ? late : 0, messages,
+        maxTokens);
+      if (result.kind === '') {
+        answer = result.text;
+        break;
+      }
+      if (!cfg.retry_on.includes(result.kind)) break;
+    }
     if (answer === null) break; // a failed turn ends the conversation
     messages.push({ role: 'assistant', content: answer });
   }
 }
 
-function send(index, turn, zero, due, now, late, messages, maxTokens) {
+function send(index, turn, attempt, zero, due, now, late, messages, maxTokens) {
   const res = http.post(`${cfg.target}/v1/chat/completions`, requestBody(messages, maxTokens), {
     headers,
     timeout: `${cfg.request_timeout_s}s`,
@@ -178,6 +194,7 @@ function send(index, turn, zero, due, now, late, messages, maxTokens) {
     vu: exec.vu.idInTest,
     index,
     turn,
+    attempt,
     zero_ms: zero,
     scheduled_ms: due,
     start_ms: now,
@@ -191,7 +208,7 @@ function send(index, turn, zero, due, now, late, messages, maxTokens) {
     finish_reason: parsed.finish,
     error: kind,
   }));
-  return kind === '' ? parsed.text : null;
+  return { kind, text: parsed.text };
 }
 
 export function handleSummary(data) {
