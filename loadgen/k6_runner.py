@@ -1,4 +1,5 @@
-"""Runs one closed-loop k6 step (loadgen/k6/chat-stream.js) and gathers what it wrote.
+"""Runs one k6 step (closed loop: loadgen/k6/chat-stream.js; open loop: the script a StepSpec names,
+loadgen/k6/open-loop.js) and gathers what it wrote.
 
 k6 metrics also go to Prometheus by remote write, tagged with the run id and the step, so the
 dashboards show the client's view next to the server's.

@@ -1,5 +1,6 @@
-"""The sweep: one closed-loop k6 step after the other, chosen by the knee search, each measured from
-the client (k6) and from the server (Prometheus) over the same steady window.
+"""The sweep: one k6 step after the other (closed loop by users, or open loop by arrival rate for a
+`mode: rate` plan: loadgen/rate_mode.py), chosen by the knee search, each measured from the client (k6)
+and from the server (Prometheus) over the same steady window.
 
 Everything measured goes to RUN_DIR/results.json after every step, so Ctrl-C, a k6 crash or
 Prometheus going away loses only the step in progress, and --resume continues from the file.
