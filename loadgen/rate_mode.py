@@ -96,8 +96,10 @@ def step_spec(plan: Plan, run_id: str, rate: float, duration_s: float, target: s
     path.write_text(json.dumps(rows))
     extra = {"schedule_path": str(path), "requests": len(rows), "run_id": run_id, "rate": rate,
              "think_time_s": mix.think_time_s,
-             # After the schedule's end: time for the last conversation's every turn to finish.
-             "tail_s": (plan.request_timeout_s + mix.think_time_s) * max(int(r[3]) for r in rows) + 5,
+             # After the schedule's end: time for the last conversation's every turn (and retry) to finish.
+             "tail_s": ((plan.request_timeout_s * (mix.retries.max + 1)
+                         + mix.retries.backoff_s * (2 ** mix.retries.max - 1) + mix.think_time_s)
+                        * max(int(r[3]) for r in rows) + 5),
              "late_tolerance_ms": plan.arrival.late_tolerance_ms, "start_delay_ms": START_DELAY_MS,
              "vocabulary": PROMPT_TEXT, "system_prompt": prompt_text(mix.system_prompt_words) or None,
              "retry_max": mix.retries.max, "retry_on": list(mix.retries.errors),
