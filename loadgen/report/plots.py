@@ -126,7 +126,7 @@ def throughput(analysis: Analysis, path: Path) -> Path:
     handles = ax.get_legend_handles_labels()
     extra = right.get_legend_handles_labels()
     fig.legend(handles[0] + extra[0], handles[1] + extra[1], loc="lower center", ncol=4, fontsize=8, frameon=False)
-    ax.set_title("Throughput vs concurrency (red rings: SLO broken)")
+    ax.set_title(f"Throughput vs {'offered rate' if _is_rate(analysis) else 'concurrency'} (red rings: SLO broken)")
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
     plt.close(fig)

@@ -262,8 +262,9 @@ def render(run_dir: Path) -> tuple[Path, Path]:
     figures_dir.mkdir(exist_ok=True)
     figures: list[tuple[str, Path]] = []
     if analysis.rows:
-        figures.append(("Throughput vs concurrency", plots.throughput(analysis, figures_dir / "throughput.png")))
-        figures.append(("Latency vs concurrency",
+        level = "offered rate" if (results.get("plan") or {}).get("mode") == "rate" else "concurrency"
+        figures.append((f"Throughput vs {level}", plots.throughput(analysis, figures_dir / "throughput.png")))
+        figures.append((f"Latency vs {level}",
                         plots.latency(analysis, results.get("slo", {}), figures_dir / "latency.png")))
         figures.append(("Time to first token, three ways", plots.ttft_three_ways(analysis, figures_dir / "ttft.png")))
     timeline_path = plots.timeline(results, figures_dir / "timeline.png")
