@@ -595,7 +595,17 @@ class Proxy:
             transport.write(b"%x\r\n%b\r\n" % (len(out), out))
             return protocol.writing_paused
 
-        upstream.relay(sink)
+        pass_through = scanner.pass_through
+
+        def framed(data: bytes, now: float) -> bool | None:
+            if not pass_through(data, now):
+                return None
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("client connection closed")
+            transport.write(data)  # whole chunks of whole events: the client's framing as it is
+            return protocol.writing_paused
+
+        upstream.relay(sink, framed)
         try:
             while await upstream.relayed():
                 await writer.drain()

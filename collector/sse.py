@@ -70,6 +70,21 @@ class StreamScanner:
             return self._parse_events(buf, now)
         return self._scan(buf, now)
 
+    def pass_through(self, framed: bytes, now: float) -> bool:
+        """Meter whole events read in their HTTP chunked framing (`framed`: complete chunks, each ending
+        an event) when they can reach the client as they are: after the first token, nothing pending,
+        no content captured, and nothing in them the scanner must act on (usage, an error, a finish
+        reason, [DONE]): content chunks are only counted. False: feed() them instead (de-chunked)."""
+        if (self._pending or self.first_token_at is None or self.capture_content or USAGE_KEY in framed
+                or ERROR_KEY in framed or DONE in framed or FINISH_VALUE_HINTS[0] in framed
+                or FINISH_VALUE_HINTS[1] in framed):
+            return False
+        chunks = framed.count(CHAT_CHUNK_KEY if self.chat else COMPLETION_CHUNK_KEY)
+        if chunks:
+            self.content_chunks += chunks
+            self._gaps(now, chunks)
+        return True
+
     def flush(self) -> bytes:
         """What is left at the end of the stream (an unterminated last event)."""
         rest, self._pending = self._pending, b""

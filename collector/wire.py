@@ -57,6 +57,10 @@ class Disconnected(Exception):
 # A sink takes decoded body bytes and the time they were read; True asks for a pause (the client's
 # socket buffer is full) until resume_reading().
 Sink = Callable[[bytes, float], bool]
+# A framed sink takes a read that is whole chunks, each ending an SSE event, still in their chunked
+# framing (valid framing for the client too): None when it cannot pass them as they are (they then go
+# to the sink de-chunked), else what a sink returns.
+FramedSink = Callable[[bytes, float], bool | None]
 
 
 class Connection(asyncio.Protocol):
@@ -92,6 +96,7 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._exception: BaseException | None = None
         self._sink: Sink | None = None
+        self._framed: FramedSink | None = None
         self._pause_asked = False
 
     # --- asyncio.Protocol ------------------------------------------------------------------------
@@ -112,6 +117,19 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         now = self.last_read = time.perf_counter()
+        framed = self._framed
+        if framed is not None and not self._buf and not self._chunk_left and not self._chunk_crlf \
+                and not self._trailers and self._state == _BODY and whole_events_in_chunks(data):
+            # The common read of a flowing stream: passed on in its own framing, no copy.
+            try:
+                pause = framed(data, now)
+            except Exception as error:  # the client's side failed (ConnectionResetError): the relay ends
+                self.set_exception(error)
+                return
+            if pause is not None:
+                if pause:
+                    self._pause()
+                return
         if self._state == _BODY:
             self._body_bytes(data, now)
         elif self._state == _HEAD:
@@ -323,7 +341,11 @@ class Connection(asyncio.Protocol):
         except Exception as error:  # the client's side failed (ConnectionResetError): the relay ends
             self.set_exception(error)
             return
-        if pause and not self._pause_asked and self.transport is not None:
+        if pause:
+            self._pause()
+
+    def _pause(self) -> None:
+        if not self._pause_asked and self.transport is not None:
             self._pause_asked = True
             self.transport.pause_reading()
             self._wake()
@@ -379,9 +401,12 @@ class Connection(asyncio.Protocol):
                 return b"".join(parts)[:limit]
         return b"".join(parts)
 
-    def relay(self, sink: Sink) -> None:
-        """From now on decoded body bytes go to `sink` as they are read (what was buffered, first)."""
+    def relay(self, sink: Sink, framed: FramedSink | None = None) -> None:
+        """From now on decoded body bytes go to `sink` as they are read (what was buffered, first); a
+        read that is whole chunks of whole SSE events goes to `framed` first, when given (and only when
+        this response is chunked)."""
         self._sink = sink
+        self._framed = framed if self._chunked else None
         if self._body:
             data = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             self._body.clear()
@@ -450,6 +475,30 @@ class Connection(asyncio.Protocol):
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,
                         traceback: TracebackType | None) -> None:
         self._pool.release(self)
+
+
+def whole_events_in_chunks(data: bytes) -> bool:
+    """Whether `data` is one or more complete HTTP chunks (not the last, 0-size one), each ending with
+    an SSE event's end (a blank line), with plain hex sizes (no extensions)."""
+    pos, size = 0, len(data)
+    while pos < size:
+        end = data.find(b"\r\n", pos)
+        if end < 0:
+            return False
+        digits = data[pos:end]
+        if not digits.isalnum():
+            return False
+        try:
+            length = int(digits, 16)
+        except ValueError:
+            return False
+        if length <= 0:
+            return False
+        pos = end + 2 + length
+        if data[pos - 2:pos + 2] != b"\n\n\r\n":
+            return False
+        pos += 2
+    return pos == size
 
 
 class Pool:

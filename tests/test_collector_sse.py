@@ -134,3 +134,24 @@ def test_any_split_of_the_stream_gives_the_same_result(cuts: list[int], strip: b
     assert scanner.first_token_at is not None
     if capture:
         assert "".join(scanner.completion_text) == "Hel" + TRICKY + "lo"
+
+
+def test_pass_through_counts_content_and_leaves_the_rest_to_feed() -> None:
+    """After the first token a content chunk (even one whose text looks like the keys) passes in its
+    framing, only counted; usage, a finish reason, an error, [DONE] or a pending partial event never do."""
+    gaps: list[float] = []
+    scanner = StreamScanner(chat=True, strip_usage=True, observe_gap=gaps.append)
+    assert not scanner.pass_through(chat_chunk("Hel"), 1.0)  # before the first token: parsed
+    scanner.feed(chat_chunk(None, role=True) + chat_chunk("Hel"), 1.0)
+    tricky = chat_chunk(TRICKY)
+    assert scanner.pass_through(b"%x\r\n%s\r\n" % (len(tricky), tricky), 2.0)
+    assert scanner.content_chunks == 2 and gaps == [1.0]
+    for event_bytes in (USAGE, chat_chunk("lo", "length"), chat_chunk("lo", "length", compact=False), DONE,
+                        event({"error": {"message": "x", "code": 500}})):
+        assert not scanner.pass_through(event_bytes, 3.0)
+    assert scanner.feed(chat_chunk("lo")[:20], 3.0) == b""
+    assert not scanner.pass_through(chat_chunk("x"), 3.0)  # a partial event is pending
+    assert scanner.usage is None and scanner.finish_reasons == [] and scanner.error is None
+    capturing = StreamScanner(chat=True, strip_usage=False, capture_content=True)
+    capturing.feed(chat_chunk("Hel"), 1.0)
+    assert not capturing.pass_through(chat_chunk("lo"), 2.0)  # captured text needs each event parsed

@@ -230,3 +230,63 @@ def test_request_head_and_kept_alive_connection_reuse() -> None:
         assert pool._take_idle() is None
 
     run(check)
+
+
+def test_whole_events_in_chunks() -> None:
+    assert wire.whole_events_in_chunks(chunked(EVENTS[:2])[:-5])  # two chunks, without the last one
+    assert not wire.whole_events_in_chunks(chunked(EVENTS[:1]))  # ends with the last (0-size) chunk
+    assert not wire.whole_events_in_chunks(chunked(EVENTS[:1], extensions=True)[:-5])
+    assert not wire.whole_events_in_chunks(chunked([EVENTS[0][:-1]])[:-5])  # a chunk that ends mid-event
+    one = chunked(EVENTS[:1])[:-5]
+    for cut in range(1, len(one)):
+        assert not wire.whole_events_in_chunks(one[:cut])
+    assert not wire.whole_events_in_chunks(b"-5\r\n\n\n\r\n")  # int() would take a sign
+
+
+def dechunk(data: bytes) -> bytes:
+    out, pos = [], 0
+    while pos < len(data):
+        end = data.index(b"\r\n", pos)
+        size = int(data[pos:end], 16)
+        out.append(data[end + 2:end + 2 + size])
+        pos = end + 2 + size + 2
+    return b"".join(out)
+
+
+@settings(max_examples=100, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=8), refuse=st.booleans(),
+       per_chunk=st.booleans())
+def test_whole_chunks_pass_framed_and_the_rest_decoded(cuts: list[int], refuse: bool, per_chunk: bool) -> None:
+    """Reads that are whole chunks of whole events reach the framed sink in their framing (unless it
+    refuses them); every other read, and the end, the de-chunked sink; together: the whole body once."""
+    data = chunked(EVENTS)
+    pieces = [chunked([e])[:-5] for e in EVENTS] + [b"0\r\n\r\n"] if per_chunk else split(data, cuts)
+
+    async def check(pool: wire.Pool) -> None:
+        conn, _ = connection(pool)
+        conn.data_received(HEAD)
+        await conn.head(5)
+        received: list[bytes] = []
+        framed_reads = 0
+
+        def sink(data: bytes, now: float) -> bool:
+            received.append(data)
+            return False
+
+        def framed(data: bytes, now: float) -> bool | None:
+            nonlocal framed_reads
+            if refuse:
+                return None
+            assert wire.whole_events_in_chunks(data)
+            framed_reads += 1
+            received.append(dechunk(data))
+            return False
+
+        conn.relay(sink, framed)
+        await feed_all(conn, pieces)
+        assert await conn.relayed() is False
+        assert b"".join(received) == BODY and conn.reusable
+        if per_chunk:
+            assert framed_reads == (0 if refuse else len(EVENTS))
+
+    run(check)
