@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadgen import prom, provenance, smoke
+from loadgen import k8s_executor, prom, provenance, rate_mode, smoke
 from loadgen.grafana import panels
 from loadgen.grafana.annotate import Annotator
 from loadgen.k6_runner import K6Missing, k6_binary
@@ -108,8 +108,12 @@ def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
         else:
             plan = _override(load_plan(args.plan or default_plan), args)
             target = args.target
+        if args.executor == "k8s" and rate_mode.is_rate(plan):
+            raise PlanError("--executor k8s: runs closed-loop (users) plans only; rate plans need the local "
+                            "open-loop sender")
         thresholds = load_thresholds()
-        k6_binary()
+        if args.executor == "local":
+            k6_binary()  # on a cluster the runner pods bring their own
         probe = probe_target(target, args.model or (previous["model"] if args.resume else None), args.api_key)
     except (PlanError, ThresholdsError, TargetError, K6Missing) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -139,6 +143,11 @@ def cmd_sweep(args: argparse.Namespace, default_plan: str = "default") -> int:
     sweep = Sweep(run_dir=run_dir, plan=plan, target=target, model=probe.model, slo=slo, prometheus=prometheus,
                   remote_write_url=remote_write, annotator=annotator, ttfb_is_ttft=probe.ttfb_is_ttft,
                   provenance=record, api_key=args.api_key)
+    if args.executor == "k8s":
+        api = k8s_executor.KubeApi.from_environment(args.k8s_namespace)
+        sweep.step_runner = k8s_executor.step_runner(api, replicas_selector=args.k8s_replicas_selector)
+        notes.append(f"steps ran as k6-operator TestRuns in namespace {api.ns} (API {api.base}); k6 records from "
+                     "every runner pod merged, the steady window and SLO judged here")
     probe_record = dataclasses.asdict(probe)
     if args.resume:
         sweep.results = previous
@@ -224,6 +233,12 @@ def add_sweep_args(p: argparse.ArgumentParser, settings: dict[str, str]) -> None
     p.add_argument("--request-timeout-s", dest="request_timeout_s", type=float)
     p.add_argument("--max-concurrency", type=int)
     p.add_argument("--no-search", action="store_true", help="run only the seed steps")
+    p.add_argument("--executor", choices=("local", "k8s"), default="local",
+                   help="run each step with k6 here (local) or as a k6-operator TestRun on a cluster (k8s: in a pod "
+                        "through its service account, else the API at KUBE_API_URL, e.g. kubectl proxy)")
+    p.add_argument("--k8s-namespace", help="namespace of the TestRuns (default: the pod's, else 'default')")
+    p.add_argument("--k8s-replicas-selector", help="label selector of the serving Deployment, to record its ready "
+                   "replicas per step (e.g. app.kubernetes.io/component=serving-engine)")
     p.add_argument("--bandwidth-gb-s", type=float,
                    help="GPU memory bandwidth for the decode limit (default: from the GPU's name; GB10: 273)")
 

@@ -1,6 +1,6 @@
 """One sweep step as a k6-operator TestRun: create, watch, stop, collect, delete.
 
-The Kubernetes side of `--executor k8s` (not yet wired into loadgen.sweep): the step's script and
+The Kubernetes side of `python -m loadgen sweep --executor k8s` (Sweep.step_runner): the step's script and
 config go into a ConfigMap, the step into a TestRun (loadgen.kubernetes.testrun: `parallelism`
 from the step's users), and this module polls the TestRun's stage until k6-operator says
 `finished` or `error`. The sweep's memory watchdog is polled between reads: a reason from it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ class Sweep:
     provenance: dict[str, Any]
     api_key: str | None = None
     results: RunResults = field(default_factory=lambda: RunResults())
+    # Runs one closed-loop step: k6 here (k6_runner.run_step), or a k6-operator TestRun on a cluster
+    # (k8s_executor.step_runner, `--executor k8s`); both return the same records.
+    step_runner: Callable[..., StepRun] = run_step
 
     # ---------------------------------------------------------------- results.json
     def init_results(self, run_id: str, probe: dict[str, Any], command: list[str]) -> None:
@@ -123,7 +127,7 @@ class Sweep:
                         request_timeout_s=plan.request_timeout_s, remote_write_url=self.remote_write_url,
                         api_key=self.api_key)
         started = time.time()
-        run = run_step(spec, self.run_dir / "raw", watchdog=self._watchdog(bar, started, length))
+        run = self.step_runner(spec, self.run_dir / "raw", watchdog=self._watchdog(bar, started, length))
         return self.measure(concurrency, started, run, steady)
 
     def run_rate(self, rate: float, bar: tqdm[Any], steady: float) -> Step:

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,9 @@ import pytest
 from loadgen import k8s_executor
 from loadgen.k6_runner import StepRun, StepSpec, step_config
 from loadgen.k8s_executor import KubeApi, run_step_k8s
+from loadgen.results import load_run
 from loadgen.settings import ROOT
+from tests.support.stack import Stack
 
 SCHEMA = json.loads((ROOT / "tests" / "data" / "kubernetes-schemas" / "testrun_v1alpha1.json").read_text())
 STAGES = ("created", "started", "started", "finished")
@@ -38,6 +44,8 @@ class FakeCluster:
     deleted: list[str] = field(default_factory=list)
     created: list[dict[str, Any]] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    # What a runner pod's log holds: by default three bare lines; a sweep test asks for k6-shaped records.
+    pod_log: Callable[[FakeCluster, str], list[str]] | None = None
 
 
 def handler(cluster: FakeCluster) -> type[http.server.BaseHTTPRequestHandler]:
@@ -93,6 +101,8 @@ def handler(cluster: FakeCluster) -> type[http.server.BaseHTTPRequestHandler]:
                 return self._send(200, {**cluster.testruns[name], "status": {"stage": stage}})
             if url.path.endswith("/log"):
                 pod = url.path.split("/")[-2]
+                if cluster.pod_log is not None:
+                    return self._send(200, "\n".join(cluster.pod_log(cluster, pod)))
                 index = int(pod.rsplit("-", 1)[1])
                 lines = ["k6 starting", *(json.dumps({"vu": vu, "runner_index": index, "ok": True})
                                          for vu in range(3)), '{"cut']
@@ -198,3 +208,47 @@ def test_a_rate_step_gets_a_valid_name(cluster: tuple[FakeCluster, KubeApi], tmp
     k8s_executor.step_runner(api, poll_s=0)(spec, tmp_path)
     assert state.created[0]["metadata"]["name"] == "serving-envelope-r5-step-2-5"
     assert state.created[0]["metadata"]["labels"]["serving-envelope/step"] == "2.5"
+
+
+def k6_records(cluster: FakeCluster, pod: str) -> list[str]:
+    """One runner's k6 request lines over the step just run: each of its users one 64-token request every
+    0.5 s, ending now (the fake finishes a TestRun after a few reads)."""
+    config = next(json.loads(v) for cm in cluster.configmaps.values() for k, v in cm["data"].items()
+                  if k.startswith("step-"))
+    runners = cluster.created[-1]["spec"]["parallelism"]
+    index = int(pod.rsplit("-", 1)[1])
+    users = [vu for vu in range(1, config["vus"] + 1) if vu % runners == index % runners]
+    now_ms = time.time() * 1000
+    return [json.dumps({"step": config["step"], "vu": vu, "start_ms": now_ms - config["duration_s"] * 1000 + 500 * i,
+                        "ttft_ms": 50.0, "total_ms": 400.0, "status": 200, "output_tokens": 64, "prompt_tokens": 12,
+                        "error": ""})
+            for vu in users for i in range(int(config["duration_s"] * 2) - 1)]
+
+
+@pytest.mark.stack
+def test_a_sweep_with_executor_k8s_runs_each_step_as_a_testrun(cluster: tuple[FakeCluster, KubeApi],
+                                                               tmp_path: Path, stack: Stack) -> None:
+    """`python -m loadgen sweep --executor k8s`: the live collector is probed as always, each step becomes a
+    TestRun on the (fake) cluster, the runner pods' records are judged here and the report names the executor."""
+    state, api = cluster
+    state.pod_log = k6_records
+    env = {**os.environ, "KUBE_API_URL": api.base}
+    result = subprocess.run(
+        [sys.executable, "-m", "loadgen", "sweep", "--executor", "k8s", "--k8s-namespace", "llm", "--plan", "capstone",
+         "--steps", "4", "--no-search", "--warmup-s", "1", "--steady-s", "4", "--no-panels", "--no-remote-write",
+         "--target", stack.collector, "--prometheus", stack.prometheus, "--out", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [t["spec"]["parallelism"] for t in state.created] == [1]
+    run = next(tmp_path.glob("*-capstone"))
+    results = load_run(run)
+    step = results["steps"][0]
+    assert step["status"] == "done" and (step.get("client") or {}).get("requests", 0) >= 4, step.get("client")
+    assert any("k6-operator TestRuns in namespace llm" in note for note in results["notes"])
+    assert (run / "raw" / "step-4-k8s.json").exists()
+    # a rate plan is refused before any load, in one line
+    refused = subprocess.run([sys.executable, "-m", "loadgen", "sweep", "--executor", "k8s", "--plan", "rate-native",
+                              "--target", stack.collector], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().startswith("error: --executor k8s: runs closed-loop")
+    assert state.created[1:] == []
