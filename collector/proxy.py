@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -121,6 +122,7 @@ class Exchange:
     ended: float | None = None
     usage: dict[str, Any] | None = None
     finish_reasons: list[str] = field(default_factory=list)
+    request: dict[str, Any] | None = None  # the parsed request body
 
     @property
     def trace_id(self) -> str | None:
@@ -371,7 +373,7 @@ class Proxy:
             return self._reject(exchange, 400, f"n must be at most {self.settings.max_n}, got {n}",
                                 errors.INVALID_REQUEST, "n")
         exchange.stream = stream_requested(body.get("stream"))
-        self._annotate_request(exchange, body)
+        exchange.request = body  # annotated on the span when the request ends (_record)
         strip_usage = False
         if exchange.stream:
             options = body.get("stream_options")
@@ -426,7 +428,8 @@ class Proxy:
                 attributes[attribute] = value
         if self.settings.capture_content:
             prompt = body.get("messages") if exchange.operation == "chat" else body.get("prompt")
-            attributes["gen_ai.input.messages"] = json.dumps(prompt)
+            with contextlib.suppress(*JSON_ERRORS):  # annotated when the request ends: nothing may fail there
+                attributes["gen_ai.input.messages"] = json.dumps(prompt)
         span.set_attributes(attributes)
 
     async def _upstream_error(self, upstream: wire.Connection, exchange: Exchange) -> web.Response:
@@ -518,19 +521,15 @@ class Proxy:
                 if out:
                     held.append(out)
                     held_bytes += len(out)
-                if scanner.first_token_at is not None:
-                    upstream.read_timeout(self.settings.idle_timeout)
-                    exchange.ttft = scanner.first_token_at - exchange.started
-                    exchange.span.add_event("gen_ai.first_token", {"gen_ai.response.time_to_first_chunk":
-                                                                   exchange.ttft})
-                    # Observed now, not at the end of the request: like vLLM's own histogram, so a
-                    # scrape window holds the TTFTs of the requests whose first token came in it.
-                    trace_id = exchange.trace_id
-                    self.metrics.series(exchange.model, exchange.operation).ttft.observe(
-                        exchange.ttft, {"trace_id": trace_id} if trace_id else None)
-                if scanner.first_token_at is not None or held_bytes > MAX_HELD_BYTES:
+                first_token_at = scanner.first_token_at
+                if first_token_at is not None or held_bytes > MAX_HELD_BYTES:
+                    # The head and the first token go out first; the bookkeeping follows (in a burst,
+                    # every stream's first token waits for the work done before it in the loop).
                     response = await self._open_stream(request, upstream, held)
                     held = []
+                if first_token_at is not None:
+                    upstream.read_timeout(self.settings.idle_timeout)
+                    self._first_token(exchange, first_token_at)
             if response is not None and failure is None:
                 failure = await self._relay_tokens(upstream, scanner, request)
             if failure is not None:
@@ -616,6 +615,17 @@ class Proxy:
             return errors.UPSTREAM_DISCONNECTED
         return None
 
+    def _first_token(self, exchange: Exchange, first_token_at: float) -> None:
+        exchange.ttft = ttft = first_token_at - exchange.started
+        # The event at the first token's time (the span's clock is the wall clock).
+        at = time.time_ns() - int((time.perf_counter() - first_token_at) * 1e9)
+        exchange.span.add_event("gen_ai.first_token", {"gen_ai.response.time_to_first_chunk": ttft}, at)
+        # Observed now, not at the end of the request: like vLLM's own histogram, so a scrape window
+        # holds the TTFTs of the requests whose first token came in it.
+        trace_id = exchange.trace_id
+        self.metrics.series(exchange.model, exchange.operation).ttft.observe(
+            ttft, {"trace_id": trace_id} if trace_id else None)
+
     async def _open_stream(self, request: web.Request, upstream: wire.Connection,
                            held: list[bytes]) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=response_headers(upstream.headers))
@@ -636,6 +646,8 @@ class Proxy:
     # --- recording -----------------------------------------------------------------------------
 
     def _record(self, exchange: Exchange) -> None:
+        if exchange.request is not None:
+            self._annotate_request(exchange, exchange.request)
         series = self.metrics.series(exchange.model, exchange.operation)
         finish = exchange.finish_reasons[0] if exchange.finish_reasons else None
         self.metrics.count_request(exchange.model, exchange.operation, str(exchange.status), exchange.error_type,
