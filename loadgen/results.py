@@ -72,6 +72,7 @@ class Step(TypedDict, total=False):
     lengths: dict[str, Any] | None
     queue: dict[str, Any]
     slow_readers: dict[str, Any] | None  # loadgen/slow_readers.py's own figures, apart from the client's
+    replicas: int | None  # --executor k8s: the serving Deployment's ready replicas during the step
 
 
 class RunResults(TypedDict, total=False):

@@ -128,7 +128,11 @@ class Sweep:
                         api_key=self.api_key)
         started = time.time()
         run = self.step_runner(spec, self.run_dir / "raw", watchdog=self._watchdog(bar, started, length))
-        return self.measure(concurrency, started, run, steady)
+        step = self.measure(concurrency, started, run, steady)
+        cluster = self.run_dir / "raw" / f"step-{concurrency:g}-k8s.json"  # written by the k8s executor
+        if cluster.exists():
+            step["replicas"] = json.loads(cluster.read_text()).get("ready_replicas")
+        return step
 
     def run_rate(self, rate: float, bar: tqdm[Any], steady: float) -> Step:
         """An open-loop step at `rate` requests/s (loadgen/rate_mode.py)."""

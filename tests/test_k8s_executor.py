@@ -234,8 +234,9 @@ def test_a_sweep_with_executor_k8s_runs_each_step_as_a_testrun(cluster: tuple[Fa
     state.pod_log = k6_records
     env = {**os.environ, "KUBE_API_URL": api.base}
     result = subprocess.run(
-        [sys.executable, "-m", "loadgen", "sweep", "--executor", "k8s", "--k8s-namespace", "llm", "--plan", "capstone",
-         "--steps", "4", "--no-search", "--warmup-s", "1", "--steady-s", "4", "--no-panels", "--no-remote-write",
+        [sys.executable, "-m", "loadgen", "sweep", "--executor", "k8s", "--k8s-namespace", "llm",
+         "--k8s-replicas-selector", "app=vllm", "--plan", "capstone", "--steps", "4", "--no-search",
+         "--warmup-s", "1", "--steady-s", "4", "--no-panels", "--no-remote-write",
          "--target", stack.collector, "--prometheus", stack.prometheus, "--out", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -245,7 +246,8 @@ def test_a_sweep_with_executor_k8s_runs_each_step_as_a_testrun(cluster: tuple[Fa
     step = results["steps"][0]
     assert step["status"] == "done" and (step.get("client") or {}).get("requests", 0) >= 4, step.get("client")
     assert any("k6-operator TestRuns in namespace llm" in note for note in results["notes"])
-    assert (run / "raw" / "step-4-k8s.json").exists()
+    assert (run / "raw" / "step-4-k8s.json").exists() and step.get("replicas") == 3
+    assert "| 4 | 3 / 1.3 |" in (run / "report.md").read_text()  # ready replicas and users per replica
     # a rate plan is refused before any load, in one line
     refused = subprocess.run([sys.executable, "-m", "loadgen", "sweep", "--executor", "k8s", "--plan", "rate-native",
                               "--target", stack.collector], cwd=ROOT, env=env, capture_output=True, text=True,
