@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadgen import k8s_executor, prom, provenance, rate_mode, smoke
+from loadgen import cold_start, k8s_executor, prom, provenance, rate_mode, smoke
 from loadgen.grafana import panels
 from loadgen.grafana.annotate import Annotator
 from loadgen.k6_runner import K6Missing, k6_binary
@@ -185,6 +185,7 @@ def finish(sweep: Sweep, run_dir: Path, args: argparse.Namespace, settings: dict
                                                 max(s["ended"] for s in steps))
         except prom.PrometheusDown as error:
             results["missing"].append(f"server timeline: {error}")
+        results["cold_start"] = cold_start.measure(sweep.prometheus, sweep.model, min(s["started"] for s in steps))
         results["panels_note"] = (
             "Panel images: not exported (--no-panels)." if args.no_panels else
             panels.export(results, run_dir, args.grafana or service_url(settings, "GRAFANA_PORT"),

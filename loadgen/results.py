@@ -95,6 +95,7 @@ class RunResults(TypedDict, total=False):
     prometheus_url: str | None
     timeline: dict[str, Any]
     panels_note: str
+    cold_start: dict[str, Any] | None  # loadgen/cold_start.py: vLLM started shortly before the run
 
 
 REQUIRED = ("run_id", "plan", "steps", "status")

@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from loadgen import knee, rate_mode
+from loadgen import cold_start, knee, rate_mode
 from loadgen.grafana.panels import DASHBOARDS
 from loadgen.report import diagnosis, plots
 from loadgen.report.analysis import Analysis, Row, analyse
@@ -96,6 +96,14 @@ def counted(step: Step) -> str:
         return "n/a (requests too long for the window)"
     v = diagnosis.engine_figures(step)
     return f"{_n(v.get('running_mean_counted'), 1)} / {_n(v.get('waiting_mean_counted'), 1)}"
+
+
+def cold_start_text(results: RunResults, steps: list[Step]) -> str | None:
+    cold = results.get("cold_start")
+    if not cold:
+        return None
+    lowest = min(steps, key=lambda s: s["concurrency"], default=None)
+    return cold_start.sentence(cold, diagnosis.get_path(lowest, "server", "vllm", "ttft_mean_s"))
 
 
 def server_table(steps: list[Step]) -> dict[str, Any]:
@@ -308,6 +316,7 @@ def render(run_dir: Path) -> tuple[Path, Path]:
         "provenance_yaml": yaml.safe_dump(provenance, sort_keys=False),
         "csv_name": csv_path.name,
         "load": rate_mode.load_context(results, steps),  # None for a closed-loop (concurrency) run
+        "cold_start": cold_start_text(results, steps),
     }
     if context["load"] is not None:  # a rate run's steps are offered rates, not users
         for value in context.values():
