@@ -16,7 +16,7 @@ from collector.metrics import Metrics
 from collector.models import ModelNames
 from collector.proxy import OPERATIONS, Proxy, canonical_path
 from collector.settings import Settings
-from collector.tracing import setup_tracing, tracer
+from collector.tracing import export_endpoint, setup_tracing, tracer
 from collector.upstream import make_session
 from collector.workers import PEERS_ENV, PeerMetrics
 
@@ -46,6 +46,8 @@ def build_app(settings: Settings, metrics: Metrics | None = None,
               provider: TracerProvider | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
     metrics = metrics if metrics is not None else Metrics()
+    # Spans are recorded when they go somewhere: a provider given here, or an OTLP endpoint set.
+    record_spans = provider is not None or export_endpoint() is not None
     provider = provider if provider is not None else setup_tracing()
     # One of several workers (collector/workers.py): /metrics is the sum over all of them.
     peers_dir = os.environ.get(PEERS_ENV)
@@ -55,7 +57,7 @@ def build_app(settings: Settings, metrics: Metrics | None = None,
         session = make_session(settings.connect_timeout)
         pool = wire.Pool(settings.upstream_base, settings.connect_timeout)
         models = ModelNames(session, settings.upstream_base, metrics, settings.models_refresh_seconds)
-        proxy = Proxy(settings, session, pool, metrics, models, tracer(provider))
+        proxy = Proxy(settings, session, pool, metrics, models, tracer(provider), record_spans)
         app[PROXY_KEY] = proxy
         refresher = asyncio.get_running_loop().create_task(models.run())
         if peers is not None:
