@@ -69,11 +69,17 @@ def our_records(results_dir: Path, concurrency: int) -> list[dict[str, Any]]:
 def loadgen_step(args: argparse.Namespace, concurrency: int, tag: str, work: Path) -> tuple[Path, Step]:
     """One closed-loop loadgen step (the product's own command): its run folder and the step from its
     results.json."""
-    plan = {"name": f"bench-accuracy-{tag}",
-            "profile": {"prompt_words": args.prompt_words, "max_tokens": args.output_len},
-            "steps": [concurrency], "search": {"enabled": False}, "warmup_s": args.warmup_s,
-            "steady_s": args.steady_s, "max_steady_s": args.steady_s,
-            "stop": {"slo_broken_steps": 3, "error_ratio": 1.0}}
+    plan = {"name": f"bench-accuracy-{tag}", "steps": [concurrency]}
+    run_dir = run_one_step_plan(plan, args, tag, work)
+    return run_dir, load_run(run_dir)["steps"][0]
+
+
+def run_one_step_plan(plan: dict[str, Any], args: argparse.Namespace, tag: str, work: Path) -> Path:
+    """`python -m loadgen sweep` (the product's own command) on a one-step plan with the benchmark's lengths
+    and windows, no knee search and no early stop; returns its run folder."""
+    plan = {**plan, "profile": {"prompt_words": args.prompt_words, "max_tokens": args.output_len},
+            "search": {"enabled": False}, "warmup_s": args.warmup_s, "steady_s": args.steady_s,
+            "max_steady_s": args.steady_s, "stop": {"slo_broken_steps": 3, "error_ratio": 1.0}}
     path = work / f"plan-{tag}.yaml"
     path.write_text(yaml.safe_dump(plan))
     out = subprocess.run([sys.executable, "-m", "loadgen", "sweep", "--plan", str(path), "--target", args.target,
@@ -82,8 +88,7 @@ def loadgen_step(args: argparse.Namespace, concurrency: int, tag: str, work: Pat
     match = re.search(r"run folder: (\S+)", out.stderr)
     if out.returncode != 0 or not match:
         raise SystemExit(f"loadgen sweep failed ({out.returncode}): {out.stderr[-800:]}")
-    run_dir = Path(match.group(1))
-    return run_dir, load_run(run_dir)["steps"][0]
+    return Path(match.group(1))
 
 
 def vllm_bench_command(args: argparse.Namespace, concurrency: int, prompts: int, input_len: int, work: Path,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -29,10 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from loadgen.bench.accuracy import vllm_bench_command, vllm_bench_records
+from loadgen.bench.accuracy import run_one_step_plan, vllm_bench_command, vllm_bench_records
 from loadgen.bench.counters import generation_tokens
+from loadgen.results import RunResults, load_run
 from loadgen.settings import ROOT, read_settings, service_url
 from loadgen.stats import client_step_stats
 
@@ -51,22 +49,10 @@ class Run:
     prompt_tokens: float | None
 
 
-def loadgen_rate_step(args: argparse.Namespace, arrivals: str, tag: str, work: Path) -> dict[str, Any]:
+def loadgen_rate_step(args: argparse.Namespace, arrivals: str, tag: str, work: Path) -> RunResults:
     plan = {"name": f"bench-rate-{tag}", "mode": "rate", "rates": [args.rate],
-            "profile": {"prompt_words": args.prompt_words, "max_tokens": args.output_len},
-            "search": {"enabled": False}, "warmup_s": args.warmup_s, "steady_s": args.steady_s,
-            "max_steady_s": args.steady_s, "arrival": {"process": arrivals, "seed": args.seed},
-            "stop": {"slo_broken_steps": 3, "error_ratio": 1.0}}
-    path = work / f"plan-{tag}.yaml"
-    path.write_text(yaml.safe_dump(plan))
-    out = subprocess.run([sys.executable, "-m", "loadgen", "sweep", "--plan", str(path), "--target", args.target,
-                          "--out", str(work / "runs"), "--no-panels"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
-    match = re.search(r"run folder: (\S+)", out.stderr)
-    if out.returncode != 0 or not match:
-        raise SystemExit(f"loadgen sweep failed ({out.returncode}): {out.stderr[-800:]}")
-    results: dict[str, Any] = json.loads((Path(match.group(1)) / "results.json").read_text())
-    return results
+            "arrival": {"process": arrivals, "seed": args.seed}}
+    return load_run(run_one_step_plan(plan, args, tag, work))
 
 
 def ours(args: argparse.Namespace, arrivals: str, round_no: int, work: Path) -> Run:
