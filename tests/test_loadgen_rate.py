@@ -78,7 +78,9 @@ def test_a_short_rate_sweep_reports_offered_vs_achieved_lengths_and_drain(stack:
     for r in seconds:
         opening = first[(r["step"], r["index"])]
         assert r["prompt_tokens"] > opening["prompt_tokens"] + opening["output_tokens"], (opening, r)
-        assert r["start_ms"] >= opening["start_ms"] + opening["total_ms"] + 290  # after the answer and 0.3 s thinking
+        # It carried the whole first answer, so it left after that answer; and the user thought 0.3 s first. (k6's
+        # timings can add up to more than the wall time on a busy machine, so total_ms is no bound here.)
+        assert r["start_ms"] >= opening["start_ms"] + 290, (opening, r)
     assert min(r["max_tokens"] for r in sent) >= 8 and max(r["max_tokens"] for r in sent) <= 160
     assert len({r["max_tokens"] for r in sent}) > 3  # drawn, not fixed
     # Slow readers: sent by loadgen's own client at their instants, read at 4,000 bytes/s, kept apart.
