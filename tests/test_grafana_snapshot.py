@@ -25,10 +25,11 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import requests
 
-from loadgen.grafana import queries
+from loadgen.grafana import panels, queries
 from loadgen.grafana import snapshot as gs
 from loadgen.grafana.images import draw_panels, format_value
 from loadgen.procs import free_port
+from loadgen.results import RunResults
 from tests.support.stack import Stack
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -174,6 +175,7 @@ class StandInGrafana:
     port: int
     png: bytes
     requests: list[dict[str, Any]] = field(default_factory=list)
+    refuse: set[str] = field(default_factory=set)  # dashboards whose panels it will not render (500)
 
     @property
     def url(self) -> str:
@@ -212,6 +214,8 @@ def stand_in_grafana(tmp_path: Path) -> Iterator[StandInGrafana]:
             path, _ = self._record()
             if path == "/api/health":
                 self._send(200, b'{"database":"ok","version":"11.6.0"}', "application/json")
+            elif path.startswith("/render/d-solo/") and path.split("/")[3] in grafana.refuse:
+                self._send(500, b'{"message":"rendering failed"}', "application/json")
             elif path.startswith("/render/d-solo/") and path.split("/")[3] in {"serving", "gpu-host", "load-test"}:
                 self._send(200, grafana.png, "image/png")
             else:
@@ -322,6 +326,30 @@ def test_report_images_come_from_grafana_when_it_answers_else_from_prometheus(
                                            prometheus_url=stack.prometheus)
     assert source == "prometheus" and len(drawn) == len(rendered)
     assert all(p.read_bytes().startswith(PNG_MAGIC) and p.read_bytes() != stand_in_grafana.png for p in drawn)
+
+
+@pytest.mark.stack
+def test_the_reports_panels_are_rendered_by_grafana_and_drawn_where_it_refuses(
+        stack: Stack, stand_in_grafana: StandInGrafana, tmp_path: Path) -> None:
+    """loadgen.grafana.panels.export (the report's panels) through the one choice, snapshot.panel_images."""
+    end = time.time()
+    results: RunResults = {"model": stack.model, "run_id": "r1",
+                           "steps": [{"started": end - WINDOW_S, "ended": end, "steady_start": end - WINDOW_S / 2}]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    note = panels.export(results, tmp_path / "a", stand_in_grafana.url, stack.prometheus)
+    rendered = sorted((tmp_path / "a" / "panels").glob("*.png"))
+    assert note.startswith(f"Panel images: {len(rendered)} panels of the 'serving', 'load-test' dashboards rendered "
+                           "by Grafana"), note
+    assert rendered and all(p.read_bytes() == stand_in_grafana.png for p in rendered)
+    stand_in_grafana.refuse = {"load-test"}  # e.g. a renderer that fails on one dashboard: the rest are drawn
+    note = panels.export(results, tmp_path / "b", stand_in_grafana.url, stack.prometheus)
+    images = sorted((tmp_path / "b" / "panels").glob("*.png"))
+    by_grafana = [p for p in images if p.read_bytes() == stand_in_grafana.png]
+    assert by_grafana and len(by_grafana) < len(images) == len(rendered)
+    assert note.startswith(f"Panel images: {len(by_grafana)} rendered by Grafana, "), note
+    assert "drawn from Prometheus data with matplotlib (Grafana's rendering failed: GrafanaRefused" in note
+    assert (tmp_path / "b" / "grafana-snapshot-load-test.json").exists()
 
 
 @pytest.mark.stack

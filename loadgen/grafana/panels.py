@@ -35,34 +35,30 @@ def export(results: RunResults, run_dir: Path, grafana_url: str | None, promethe
     except ImportError as error:
         return f"Panel images: none (the Grafana exporter loadgen.grafana.snapshot is not available: {error})."
     names = ", ".join(f"'{uid}'" for uid, _ in DASHBOARDS)
-    why = "no Grafana URL configured"
+    why: str | None = "no Grafana URL configured"
+    counts = {"grafana": 0, "prometheus": 0}
     try:
         api = snapshot.grafana_api(grafana_url) if grafana_url else None
         why = snapshot.grafana_reachable(api) if api is not None else why
-        count = 0
         for uid, key in DASHBOARDS:
             dashboard = snapshot.load_dashboard(uid)
             variables = _variables(snapshot, dashboard, key, results)
             series = snapshot.query_panels(dashboard, start, end, prometheus_url, variables)
             payload = snapshot.build_snapshot_payload(dashboard, series, start, end, variables=variables)
             (run_dir / f"grafana-snapshot-{uid}.json").write_text(json.dumps(payload) + "\n")
-            if api is not None and why is None:
-                count += len(snapshot.render_panels(api, dashboard, start, end, out_dir, variables))
-        if api is not None and why is None:
-            return f"Panel images: {count} panels of the {names} dashboards rendered by Grafana at {grafana_url}."
-    except Exception as error:  # the exporter's errors (bad dashboard, renderer down) must not lose the report
-        why = f"the Grafana exporter failed: {type(error).__name__}: {str(error)[:160]}"
-    grafana = f"Grafana at {grafana_url} not reachable ({why})" if grafana_url and " " not in str(why) else str(why)
-    try:
-        fallback = importlib.import_module("loadgen.grafana.images")
-        count = 0
-        for uid, key in DASHBOARDS:
-            dashboard = snapshot.load_dashboard(uid)
-            variables = _variables(snapshot, dashboard, key, results)
-            count += len(fallback.draw_panels(dashboard, start, end, prometheus_url, out_dir, variables))
+            paths, source, failed = snapshot.panel_images(api if why is None else None, dashboard, start, end,
+                                                          out_dir, variables, prometheus_url)
+            counts[source] += len(paths)
+            why = why or failed
     except ImportError as error:
-        return f"Panel images: none ({grafana}; the matplotlib fallback is not available: {error})."
-    except Exception as error:  # same: a broken fallback is reported, not fatal
-        return f"Panel images: none ({grafana}; drawing them from Prometheus failed: {type(error).__name__}: {error})"
-    return (f"Panel images: {count} panels of the {names} dashboards, drawn from Prometheus data with matplotlib "
-            f"({grafana}); grafana-snapshot-*.json beside this report can be imported into Grafana later.")
+        return f"Panel images: none (the matplotlib fallback is not available: {error})."
+    except Exception as error:  # a bad dashboard or Prometheus gone: reported, the report is not lost
+        return f"Panel images: none (exporting them failed: {type(error).__name__}: {str(error)[:160]})."
+    if not counts["prometheus"]:
+        return (f"Panel images: {counts['grafana']} panels of the {names} dashboards rendered by Grafana at "
+                f"{grafana_url}.")
+    grafana = f"Grafana at {grafana_url} not reachable ({why})" if grafana_url and " " not in str(why) else str(why)
+    rendered = f"{counts['grafana']} rendered by Grafana, " if counts["grafana"] else ""
+    return (f"Panel images: {rendered}{counts['prometheus']} panels of the {names} dashboards drawn from Prometheus "
+            f"data with matplotlib ({grafana}); grafana-snapshot-*.json beside this report can be imported into "
+            "Grafana later.")

@@ -192,25 +192,35 @@ def render_panels(api: Any, dashboard: Mapping[str, Any], start: float, end: flo
     return paths
 
 
+def panel_images(api: Any | None, dashboard: dict[str, Any], start: float, end: float, out_dir: Path,
+                 values: Mapping[str, str], prometheus_url: str) -> tuple[list[Path], str, str | None]:
+    """The one place that chooses how a dashboard's panels become PNGs: Grafana's image renderer when `api`
+    (a Grafana that answered) is given, else (or when rendering fails, e.g. no image renderer installed) the
+    same panels drawn from Prometheus with matplotlib. Returns (paths, "grafana" or "prometheus", why
+    Grafana's rendering was not used when it was asked)."""
+    why = None
+    if api is not None:
+        try:
+            return render_panels(api, dashboard, start, end, out_dir, values), "grafana", None
+        except Exception as error:  # refused or broken off: the report still gets its panels
+            why = f"Grafana's rendering failed: {type(error).__name__}: {str(error)[:160]}"
+    from loadgen.grafana.images import draw_panels  # matplotlib only when needed
+
+    return draw_panels(dashboard, start, end, prometheus_url, out_dir, values), "prometheus", why
+
+
 def export_panel_images(uid: str, start: float, end: float, out_dir: Path, *, grafana_url: str | None = None,
                         prometheus_url: str | None = None,
                         variables: Mapping[str, str] | None = None) -> tuple[list[Path], str]:
-    """One PNG per panel of dashboard `uid`, for the envelope report: rendered by Grafana's image
-    renderer when Grafana answers, else drawn from Prometheus with matplotlib (panel_images).
+    """One PNG per panel of dashboard `uid` (panel_images, with Grafana when it answers).
     Returns (paths, "grafana" or "prometheus")."""
     dashboard = load_dashboard(uid)
     values = variable_values(dashboard, variables)
     out_dir.mkdir(parents=True, exist_ok=True)
     api = grafana_api(grafana_url or default_url("GRAFANA_PORT"))
-    if grafana_reachable(api) is None:
-        try:
-            return render_panels(api, dashboard, start, end, out_dir, values), "grafana"
-        except GrafanaRefused:
-            pass  # e.g. no image renderer: draw them instead
-    from loadgen.grafana.images import draw_panels  # matplotlib only when needed
-
-    return draw_panels(dashboard, start, end, prometheus_url or default_url("PROMETHEUS_PORT"), out_dir,
-                       values), "prometheus"
+    paths, source, _ = panel_images(api if grafana_reachable(api) is None else None, dashboard, start, end, out_dir,
+                                    values, prometheus_url or default_url("PROMETHEUS_PORT"))
+    return paths, source
 
 
 # --- command line ---------------------------------------------------------------------------------------
