@@ -67,6 +67,7 @@ class StepRun:
     k6_cpu_s: float
     aborted: str | None = None  # why the step was cut short (watchdog, Ctrl-C), else None
     stderr_tail: list[str] = field(default_factory=list)
+    ready_replicas: int | None = None  # --executor k8s: the serving Deployment's ready replicas
 
 
 @dataclass(frozen=True)

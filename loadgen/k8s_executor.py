@@ -185,6 +185,7 @@ def step_runner(api: KubeApi, *, replicas_selector: str | None = None, poll_s: f
         }, indent=1))
         return StepRun(records=result.records, summary=None, exit_code=0 if result.stage == "finished" else 1,
                        wall_s=result.wall_s, k6_cpu_s=0.0, aborted=result.aborted,
-                       stderr_tail=[] if result.stage == "finished" else [f"TestRun stage {result.stage or 'none'}"])
+                       stderr_tail=[] if result.stage == "finished" else [f"TestRun stage {result.stage or 'none'}"],
+                       ready_replicas=result.ready_replicas)
 
     return run

@@ -129,9 +129,8 @@ class Sweep:
         started = time.time()
         run = self.step_runner(spec, self.run_dir / "raw", watchdog=self._watchdog(bar, started, length))
         step = self.measure(concurrency, started, run, steady)
-        cluster = self.run_dir / "raw" / f"step-{concurrency:g}-k8s.json"  # written by the k8s executor
-        if cluster.exists():
-            step["replicas"] = json.loads(cluster.read_text()).get("ready_replicas")
+        if self.step_runner is not run_step:  # --executor k8s
+            step["replicas"] = run.ready_replicas
         return step
 
     def run_rate(self, rate: float, bar: tqdm[Any], steady: float) -> Step:

@@ -349,9 +349,10 @@ def analyse(results: RunResults) -> Analysis:
         ttft50, source = _ttft(step, ttfb_is_ttft, "p50")
         ttft95, _ = _ttft(step, ttfb_is_ttft, "p95")
         user, user_source = _user_speed(step)
+        server_tok_s, whole_step = vllm_tok_s(step)
         rows.append(Row(
             concurrency=step["concurrency"], output_tok_s=client.get("output_tok_s"),
-            vllm_tok_s=vllm_tok_s(step)[0], vllm_tok_s_whole_step=vllm_tok_s(step)[1], user_tok_s=user,
+            vllm_tok_s=server_tok_s, vllm_tok_s_whole_step=whole_step, user_tok_s=user,
             ttft_p50_s=ttft50, ttft_p95_s=ttft95, ttft_source=source, user_tok_s_source=user_source,
             e2e_p95_s=client.get("e2e_p95_s"), requests=client.get("requests", 0), errors=client.get("errors", 0),
             slo_ok=step["slo"]["ok"], broken=step["slo"]["broken"],

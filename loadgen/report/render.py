@@ -123,20 +123,17 @@ def server_table(steps: list[Step]) -> dict[str, Any]:
                      diagnosis.server_quantile(v, "queue", "p95").text_ms(), _s(v.get("e2e_p95_s"), 2),
                      _n((h.get("mem_available_min_bytes") or 0) / 2**30 or None, 1), _pct(h.get("cpu_busy_ratio")),
                      gpu])
-    return {"headers": ["concurrency", "running avg / max (gauge)", "waiting avg / max (gauge)",
-                        "running / waiting (counted)", "KV cache peak", "preemptions",
-                        "ITL p50 ms", "ITL p95 ms", "queue p95 ms", "vLLM e2e p95 s", "host mem avail min GiB",
-                        "host CPU busy", "GPU util / power (DCGM)"],
-            "rows": rows} if not any("replicas" in s for s in steps) else _with_replicas(steps)
-
-
-def _with_replicas(steps: list[Step]) -> dict[str, Any]:
-    """--executor k8s runs: the serving Deployment's ready replicas and the users each one carried."""
-    table = server_table([{k: v for k, v in s.items() if k != "replicas"} for s in steps])  # type: ignore[misc]
-    table["headers"].insert(1, "ready replicas / users per replica")
-    for step, row in zip(steps, table["rows"], strict=True):
-        replicas = step.get("replicas")
-        row.insert(1, f"{replicas} / {step['concurrency'] / replicas:.1f}" if replicas else "n/a")
+    table: dict[str, Any] = {
+        "headers": ["concurrency", "running avg / max (gauge)", "waiting avg / max (gauge)",
+                    "running / waiting (counted)", "KV cache peak", "preemptions", "ITL p50 ms", "ITL p95 ms",
+                    "queue p95 ms", "vLLM e2e p95 s", "host mem avail min GiB", "host CPU busy",
+                    "GPU util / power (DCGM)"],
+        "rows": rows}
+    if any("replicas" in s for s in steps):  # --executor k8s: the serving Deployment's ready replicas
+        table["headers"].insert(1, "ready replicas / users per replica")
+        for step, row in zip(steps, rows, strict=True):
+            replicas = step.get("replicas")
+            row.insert(1, f"{replicas} / {step['concurrency'] / replicas:.1f}" if replicas else "n/a")
     return table
 
 
