@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from loadgen.prom import bucket_of
 from loadgen.report import diagnosis
@@ -160,6 +161,13 @@ def test_counted_occupancy_is_left_out_when_requests_are_long_for_the_window() -
     assert "running_mean_counted" not in diagnosis.engine_figures(step)
     wait = diagnosis.where_waited(step)
     assert wait is not None and wait.engine_held == pytest.approx(157.3)  # the gauges, not 204.6
+    # A short step's gauges hold ~2 scrapes: requests shorter than a scrape interval keep the counted means.
+    short: Step = {**step, "steady_end": 8.0, "client": {"in_flight_avg": 19.9, "e2e_p50_s": 2.4}}
+    assert diagnosis.counted_means_usable(short)
+    short["client"]["e2e_p50_s"] = diagnosis.SCRAPE_INTERVAL_S + 0.1
+    assert not diagnosis.counted_means_usable(short)
+    scrape = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())["global"]["scrape_interval"]
+    assert scrape == f"{diagnosis.SCRAPE_INTERVAL_S:g}s"
     step["client"]["e2e_p50_s"] = 0.7  # short requests: the counted means stand
     assert diagnosis.counted_means_usable(step)
     wait = diagnosis.where_waited(step)
