@@ -177,6 +177,25 @@ def test_counted_occupancy_is_left_out_when_requests_are_long_for_the_window() -
     assert little and not little[0].ok and "more than the client sent" in little[0].detail
 
 
+def test_counted_occupancy_over_the_client_within_the_edge_error_is_held_to_it() -> None:
+    """A fresh CI capstone step counted 5.6 in vLLM with 5 users sending (8-s window, ~1-s requests): the
+    requests straddling the window's edges count whole or not at all. Within that error the report shows
+    what the client had in flight and says so; beyond it, it is flagged."""
+    vllm: dict[str, Any] = {"running_avg": 4.0, "waiting_avg": 0.0, "running_mean_counted": 5.6,
+                            "waiting_mean_counted": 0.0}
+    step: Step = {"concurrency": 5, "steady_start": 0.0, "steady_end": 8.0,
+                  "client": {"in_flight_avg": 4.95, "e2e_p50_s": 0.8, "e2e_p95_s": 1.2}, "server": {"vllm": vllm}}
+    assert diagnosis.counted_edge_error(step) == pytest.approx(4.95 * 1.2 / 5.0)  # 5 s between scrapes
+    figures = diagnosis.engine_figures(step)
+    assert figures["running_mean_counted"] == pytest.approx(4.95) and figures["counted_held_raw"] == 5.6
+    assert vllm["running_mean_counted"] == 5.6  # the recorded figure is untouched
+    little = [c for c in diagnosis.consistency_checks([step], {}, 0.03) if c.name.startswith("Little's law")]
+    assert little[0].ok and "counted 5.6, within the ±1.2 the window's edges allow" in little[0].detail
+    vllm["running_mean_counted"] = 6.5  # more than the edges explain: kept, and over the client
+    assert "counted_held_raw" not in diagnosis.engine_figures(step)
+    assert diagnosis.engine_figures(step)["running_mean_counted"] == 6.5
+
+
 def test_queueing_is_attributed_from_the_gauges() -> None:
     thresholds = {"kv_cache_usage_ratio": 0.9}
     assert queueing_cause(400, 0.94, 400, 65, thresholds).startswith("queueing at a nearly full KV cache")

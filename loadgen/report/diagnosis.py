@@ -151,12 +151,39 @@ def counted_means_usable(step: Step) -> bool:
     return e2e is None or window <= 0 or e2e <= max(COUNTED_MAX_REQUEST_SHARE * window, SCRAPE_INTERVAL_S)
 
 
+def counted_edge_error(step: Step) -> float:
+    """How far the counted means can stray from the true time average by the window's edges alone: a
+    request in flight at an edge counts whole if it finishes inside and not at all if it finishes after,
+    so up to one request's duration per request in flight. Prometheus's increase() takes the counter
+    between the scrapes inside the window and scales it to the window, so the error is over the span
+    those scrapes cover (an 8-s window holds scrapes 5 s apart), not over the window."""
+    window = float(step.get("steady_end") or 0) - float(step.get("steady_start") or 0)
+    client = step.get("client") or {}
+    duration = client.get("e2e_p95_s") or client.get("e2e_p50_s")
+    in_flight = client.get("in_flight_avg") or float(step["concurrency"])
+    if not duration or window <= 0:
+        return 0.0
+    scraped = min(window, max(SCRAPE_INTERVAL_S, (math.floor(window / SCRAPE_INTERVAL_S) - 1) * SCRAPE_INTERVAL_S))
+    return float(in_flight * duration / scraped)
+
+
 def engine_figures(step: Step | None) -> dict[str, Any]:
-    """vLLM's figures for a step, the counted means left out where the requests were too long for them."""
+    """vLLM's figures for a step: the counted means left out where the requests were too long for them,
+    and held to what the client had in flight where they exceed it by no more than the window's edges
+    can account for (the original kept as counted_held_raw)."""
     vllm = dict(get_path(step, "server", "vllm") or {}) if step else {}
     if step and not counted_means_usable(step):
         vllm.pop("running_mean_counted", None)
         vllm.pop("waiting_mean_counted", None)
+    running, waiting = vllm.get("running_mean_counted"), vllm.get("waiting_mean_counted") or 0.0
+    in_flight = get_path(step, "client", "in_flight_avg")
+    if step and running is not None and in_flight:
+        held = running + waiting
+        if in_flight < held <= in_flight + counted_edge_error(step):
+            vllm["running_mean_counted"] = running * in_flight / held
+            if vllm.get("waiting_mean_counted") is not None:
+                vllm["waiting_mean_counted"] = waiting * in_flight / held
+            vllm["counted_held_raw"] = held
     return vllm
 
 
@@ -338,6 +365,12 @@ def bunched(step: Step) -> bool:
     return bool(client and server and client > BUNCHED_FACTOR * server)
 
 
+def _edge_note(step: Step) -> str:
+    raw = engine_figures(step).get("counted_held_raw")
+    return (f" (counted {raw:.1f}, within the ±{counted_edge_error(step):.1f} the window's edges allow)"
+            if raw is not None else "")
+
+
 def consistency_checks(steps: list[Step], bandwidth: dict[str, Any], tolerance: float) -> list[Check]:
     checks: list[Check] = []
     host_cpu_counts = host_cpu_informative(steps)
@@ -354,6 +387,7 @@ def consistency_checks(steps: list[Step], bandwidth: dict[str, Any], tolerance: 
             checks.append(Check("Little's law: client in flight vs vLLM running + waiting", c,
                                 not wait.front_of_engine and not over,
                                 f"{wait.client_in_flight:.1f} open at the client, {wait.engine_held:.1f} in vLLM"
+                                + _edge_note(step)
                                 + (f": {wait.in_front:.1f} waited in front of the engine" if wait.front_of_engine
                                    else "")
                                 + (": vLLM held more than the client sent (other traffic on the server?)"
