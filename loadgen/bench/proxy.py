@@ -38,6 +38,7 @@ from pathlib import Path
 
 import psutil
 
+from collector.settings import workers as collector_workers
 from loadgen import native_stack
 from loadgen.bench import scripted
 from loadgen.bench.client import StreamResult, run_round
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--soak", type=float, default=0.0, help="seconds of a 256-stream RSS soak afterwards")
     parser.add_argument("--soak-concurrency", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=1, help="the collector's COLLECTOR_WORKERS")
+    parser.add_argument("--workers", default="auto",
+                        help="the collector's COLLECTOR_WORKERS (auto: its default, one per 4 cores, at most 4)")
     parser.add_argument("--collector-profile", type=Path,
                         help="run the collector under cProfile and write its profile here (slows it)")
     parser.add_argument("--serve-scripted", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -204,18 +206,23 @@ def main(argv: list[str] | None = None) -> int:
     (work / "nginx.conf").write_text(conf)
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COLLECTOR_"))}
-    env["COLLECTOR_WORKERS"] = str(args.workers)
+    env["COLLECTOR_WORKERS"] = args.workers
+    try:
+        workers = collector_workers(args.workers)
+    except ValueError:
+        print(f"error: --workers must be a positive number or auto, got {args.workers!r}", file=sys.stderr)
+        return 2
     if args.upstream == "scripted":
         upstream_command = [sys.executable, "-m", "loadgen.bench.scripted", "--port", str(ports["direct"]),
                             "--tick-ms", str(args.tick_ms)]
         print(f"scripted upstream (a token every {args.tick_ms:g} ms per stream), nginx, collector "
-              f"({args.workers} worker(s)); logs in {work}", flush=True)
+              f"({workers} worker(s)); logs in {work}", flush=True)
     else:
         vllm = next(s for s in native_stack.services(settings) if s.name == "vllm")
         upstream_command = vllm.command(settings)
         env.update(vllm.env)
         print(f"vLLM (max-num-seqs {widest}, {settings['NATIVE_KV_BLOCKS']} KV blocks), nginx, collector "
-              f"({args.workers} worker(s)); logs in {work}", flush=True)
+              f"({workers} worker(s)); logs in {work}", flush=True)
     model = SCRIPTED_MODEL if args.upstream == "scripted" else settings["NATIVE_SERVED_MODEL_NAME"]
     try:
         run(args, upstream_command, model, nginx_binary, urls, ports, env, work)

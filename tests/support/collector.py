@@ -39,6 +39,7 @@ def collector_process(upstream: str, *args: str, env: dict[str, str] | None = No
     that receives the collector's stderr (its log)."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "COLLECTOR_"))}
+    environ["COLLECTOR_WORKERS"] = "1"  # the default (auto) depends on the machine's cores
     environ.update(env or {})
     stderr = log.open("wb") if log is not None else subprocess.PIPE
     process = spawn_group(  # not procs.running: a failed start shows the collector's stderr
