@@ -130,7 +130,9 @@ def run_step_k8s(api: KubeApi, run: str, step: float, users: int, config: dict[s
     """Run one step as a TestRun and collect it; the TestRun is deleted whatever happens."""
     work_dir.mkdir(parents=True, exist_ok=True)
     configmap = f"serving-envelope-k6-{run}"
-    api.apply_configmap(configmap, {script.name: script.read_text(), f"step-{step:g}.json": json.dumps(config)})
+    # The script with the modules beside it that it imports (loadgen/k6/chat-request.js), all mounted at /test.
+    scripts = {path.name: path.read_text() for path in sorted(script.parent.glob("*.js"))}
+    api.apply_configmap(configmap, {**scripts, f"step-{step:g}.json": json.dumps(config)})
     obj = testrun(run, step, users, script_configmap=configmap, script_file=script.name,
                   remote_write_url=remote_write_url, per_runner=per_runner)
     name = obj["metadata"]["name"]

@@ -148,6 +148,7 @@ def test_a_step_creates_watches_collects_and_deletes_its_testrun(
     assert created["spec"]["script"]["configMap"] == {"name": "serving-envelope-k6-r1", "file": "chat-stream.js"}
     data = state.configmaps["serving-envelope-k6-r1"]["data"]
     assert data["chat-stream.js"] == script.read_text() and json.loads(data["step-2.json"])["vus"] == 40
+    assert data["chat-request.js"] == (script.parent / "chat-request.js").read_text()  # the module the script imports
     assert result.stage == "finished" and result.aborted is None
     # One request file per runner pod, named by the pod; the records merged, each naming its runner.
     assert [p.name for p in result.request_files] == [

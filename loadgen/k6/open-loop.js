@@ -14,11 +14,11 @@
 // the model's own answers) with a new question, think_time_s after the last answer, on the same
 // virtual user. One JSON line per request (per turn) goes to the console (run with
 // --log-format=raw --console-output=FILE).
-import http from 'k6/http';
 import exec from 'k6/execution';
 import { sleep } from 'k6';
 import { SharedArray } from 'k6/data';
-import { Counter, Rate, Trend } from 'k6/metrics';
+import { Counter, Trend } from 'k6/metrics';
+import { chatRequest } from './chat-request.js';
 
 const cfg = JSON.parse(open(__ENV.LOADGEN_STEP_CONFIG));
 const schedule = new SharedArray('schedule', () => JSON.parse(open(cfg.schedule_path)));
@@ -37,16 +37,8 @@ export const options = {
   discardResponseBodies: false,
 };
 
-const ttft = new Trend('llm_ttft', true);
-const e2e = new Trend('llm_e2e', true);
 const lateness = new Trend('llm_send_late', true);
-const outputTokens = new Counter('llm_output_tokens');
-const requestOk = new Rate('llm_request_ok');
-const errors = new Counter('llm_errors');
 const dropped = new Counter('llm_dropped');
-
-const headers = { 'Content-Type': 'application/json' };
-if (cfg.api_key) headers.Authorization = `Bearer ${cfg.api_key}`;
 const vocabulary = cfg.vocabulary.split(' ');
 
 function words(n, offset) {
@@ -65,48 +57,6 @@ function requestBody(messages, maxTokens) {
     ignore_eos: cfg.ignore_eos,
     temperature: 0,
   });
-}
-
-function parseStream(body) {
-  let usage = null;
-  let streamError = null;
-  let contentChunks = 0;
-  let finish = null;
-  let text = '';
-  for (const line of body.split('\n')) {
-    if (!line.startsWith('data:')) continue;
-    const data = line.slice(5).trim();
-    if (data === '[DONE]' || data === '') continue;
-    let chunk;
-    try {
-      chunk = JSON.parse(data);
-    } catch (e) {
-      streamError = 'bad_chunk';
-      continue;
-    }
-    if (chunk.error) streamError = 'stream_error';
-    if (chunk.usage) usage = chunk.usage;
-    for (const choice of chunk.choices || []) {
-      if (choice.delta && choice.delta.content) {
-        contentChunks += 1;
-        text += choice.delta.content;
-      }
-      if (choice.finish_reason) finish = choice.finish_reason;
-    }
-  }
-  return { usage, streamError, contentChunks, finish, text };
-}
-
-function errorKind(res, parsed) {
-  if (res.status === 0) {
-    return res.error_code === 1050 ? 'timeout' : 'connection';
-  }
-  if (res.status >= 500) return 'http_5xx';
-  if (res.status >= 400) return 'http_4xx';
-  if (parsed.streamError) return parsed.streamError;
-  if (!parsed.usage) return 'no_usage';
-  if (parsed.contentChunks === 0 && parsed.finish !== 'stop') return 'empty_stream';
-  return '';
 }
 
 export default function () {
@@ -169,26 +119,7 @@ export default function () {
 }
 
 function send(index, turn, attempt, zero, due, now, late, messages, maxTokens) {
-  const res = http.post(`${cfg.target}/v1/chat/completions`, requestBody(messages, maxTokens), {
-    headers,
-    timeout: `${cfg.request_timeout_s}s`,
-    tags: { name: 'chat_stream' },
-  });
-  const t = res.timings;
-  const ttftMs = t.blocked + t.connecting + t.tls_handshaking + t.sending + t.waiting;
-  const totalMs = ttftMs + t.receiving;
-  const parsed = res.status === 200 ? parseStream(res.body || '')
-    : { usage: null, streamError: null, contentChunks: 0, finish: null, text: '' };
-  const kind = errorKind(res, parsed);
-  const tokens = parsed.usage ? parsed.usage.completion_tokens : 0;
-  requestOk.add(kind === '');
-  if (kind === '') {
-    ttft.add(ttftMs);
-    e2e.add(totalMs);
-    outputTokens.add(tokens);
-  } else {
-    errors.add(1, { kind });
-  }
+  const r = chatRequest(cfg, requestBody(messages, maxTokens), true);
   console.log(JSON.stringify({
     step: cfg.step,
     vu: exec.vu.idInTest,
@@ -199,16 +130,16 @@ function send(index, turn, attempt, zero, due, now, late, messages, maxTokens) {
     scheduled_ms: due,
     start_ms: now,
     late_ms: late,
-    ttft_ms: ttftMs,
-    total_ms: totalMs,
-    status: res.status,
-    output_tokens: tokens,
-    prompt_tokens: parsed.usage ? parsed.usage.prompt_tokens : 0,
+    ttft_ms: r.ttftMs,
+    total_ms: r.totalMs,
+    status: r.status,
+    output_tokens: r.outputTokens,
+    prompt_tokens: r.promptTokens,
     max_tokens: maxTokens,
-    finish_reason: parsed.finish,
-    error: kind,
+    finish_reason: r.finish,
+    error: r.error,
   }));
-  return { kind, text: parsed.text };
+  return { kind: r.error, text: r.text };
 }
 
 export function handleSummary(data) {
