@@ -10,7 +10,9 @@ The upstream is either a vLLM CPU server started here (free ports, max-num-seqs 
 so every stream is served at once) or a scripted one (`--upstream scripted`: vLLM's SSE chat format
 without a model, one token per stream every --tick-ms, all streams on one timer like a decode step),
 which costs little CPU and makes the proxies' own cost the thing measured. nginx runs with
-scripts/bench-nginx.conf. Rounds are interleaved (direct, nginx, collector; the order rotates each
+scripts/bench-nginx.conf. Each round follows an unmeasured burst of 2-token answers at its concurrency on
+the same target (upstream connections open, as under steady traffic; --cold: none). Rounds are
+interleaved (direct, nginx, collector; the order rotates each
 round) and the table gives, per target, the median over rounds with its [min-max]: aggregate output
 tok/s, p50/p99 TTFT (first chunk with generated text, as the client sees it), the proxy process's CPU
 seconds per 1,000 output tokens (scheduler nanoseconds from /proc/PID/schedstat); comparisons with
@@ -78,6 +80,12 @@ class Bench:
     model: str
     max_tokens: int
     rounds: list[Round] = field(default_factory=list)
+
+    def warm(self, target: str, concurrency: int) -> None:
+        """An unmeasured burst of 2-token answers at `concurrency`: every proxy starts the round with its
+        upstream connections open, as under steady traffic (nginx keeps them between rounds; the
+        collector's pool drops them after 4 s idle, under vLLM's 5)."""
+        asyncio.run(run_round(self.urls[target] + "/v1/chat/completions", concurrency, 1, self.model, 2))
 
     def round(self, target: str, concurrency: int, requests_per_stream: int) -> Round:
         processes = process_tree(self.pids[target]) if target in self.pids else []
@@ -180,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-concurrency", type=int, default=256)
     parser.add_argument("--workers", default="auto",
                         help="the collector's COLLECTOR_WORKERS (auto: its default, one per 4 cores, at most 4)")
+    parser.add_argument("--cold", action="store_true",
+                        help="no warm-up burst before each round (the collector's pool then opens its upstream "
+                             "connections inside the measured burst; nginx keeps its own between rounds)")
     parser.add_argument("--collector-profile", type=Path,
                         help="run the collector under cProfile and write its profile here (slows it)")
     parser.add_argument("--serve-scripted", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -260,6 +271,8 @@ def run(args: argparse.Namespace, upstream_command: list[str], model: str, nginx
                     order = TARGETS[repeat % len(TARGETS):] + TARGETS[:repeat % len(TARGETS)]
                     print(f"round {repeat + 1}/{args.repeats} at {concurrency} streams", flush=True)
                     for target in order:
+                        if not args.cold:
+                            bench.warm(target, concurrency)
                         bench.round(target, concurrency, per_stream)
             print()
             print(table(bench, args.concurrency))
