@@ -196,6 +196,46 @@ def test_counted_occupancy_over_the_client_within_the_edge_error_is_held_to_it()
     assert diagnosis.engine_figures(step)["running_mean_counted"] == 6.5
 
 
+def test_a_gap_within_the_counted_figure_s_error_is_no_wait_in_front() -> None:
+    """A fresh capstone's 5-user step: client 5.0 in flight, vLLM's counted mean 4.0 over an 8-s window of
+    ~1-s requests (good to about ±1.1 by the window's edges; here 3.9 and ±1.2): no finding; a larger gap
+    still is one."""
+    vllm: dict[str, Any] = {"running_avg": 3.0, "waiting_avg": 0.0, "running_mean_counted": 3.9,
+                            "waiting_mean_counted": 0.0}
+    step: Step = {"concurrency": 5, "steady_start": 0.0, "steady_end": 8.0,
+                  "client": {"in_flight_avg": 5.0, "e2e_p50_s": 1.0, "e2e_p95_s": 1.2}, "server": {"vllm": vllm}}
+    wait = diagnosis.where_waited(step)
+    assert wait is not None and wait.uncertainty == pytest.approx(5.0 * 1.2 / 5)
+    assert not wait.front_of_engine and not wait.over_client
+    little = [c for c in diagnosis.consistency_checks([step], {}, 0.03) if c.name.startswith("Little's law")]
+    assert little[0].ok and "within the ±1.2 that vLLM's counted figure allows" in little[0].detail
+    vllm["running_mean_counted"] = 2.5
+    wait = diagnosis.where_waited(step)
+    assert wait is not None and wait.front_of_engine
+    vllm.update(running_avg=4.0, running_mean_counted=3.5)  # the gauges' figure: no counted edge error
+    wait = diagnosis.where_waited(step)
+    assert wait is not None and wait.uncertainty == 0.0 and wait.front_of_engine
+
+
+def test_collector_in_flight_is_counted_where_the_gauge_has_two_scrapes() -> None:
+    """A fresh capstone step read the collector's gauge as 0.5 in flight with 5 users sending: its two
+    scrapes in an 8-s window, one before the first request and one where every user's request had just
+    ended together. Its own request times, summed, say 5 (held to the client's figure within the edge
+    error); with failures (not timed) or long requests the gauge's in-window samples stand."""
+    step: Step = {"concurrency": 5, "steady_start": 0.0, "steady_end": 8.0,
+                  "client": {"in_flight_avg": 4.97, "e2e_p50_s": 1.0, "e2e_p95_s": 1.07, "errors": 0},
+                  "server": {"collector": {"in_flight_avg": 0.5, "in_flight_counted": 5.2}, "vllm": {}}}
+    assert diagnosis.collector_in_flight(step) == pytest.approx(4.97)
+    step["server"]["collector"]["in_flight_counted"] = 4.6
+    assert diagnosis.collector_in_flight(step) == pytest.approx(4.6)
+    step["client"]["errors"] = 3
+    assert diagnosis.collector_in_flight(step) == pytest.approx(0.5)
+    step["client"].update(errors=0, e2e_p50_s=diagnosis.SCRAPE_INTERVAL_S + 1)
+    assert diagnosis.collector_in_flight(step) == pytest.approx(0.5)
+    del step["server"]["collector"]["in_flight_avg"]
+    assert diagnosis.collector_in_flight(step) is None
+
+
 def test_queueing_is_attributed_from_the_gauges() -> None:
     thresholds = {"kv_cache_usage_ratio": 0.9}
     assert queueing_cause(400, 0.94, 400, 65, thresholds).startswith("queueing at a nearly full KV cache")

@@ -123,14 +123,23 @@ class Wait:
     evidence: list[str]
     api_server_cpu: float | None = None  # cores
     collector_cpu: float | None = None
+    # How far engine_held may be off by the window's edges alone, when it is vLLM's counted mean.
+    uncertainty: float = 0.0
 
     @property
     def front_of_engine(self) -> bool:
-        return _waited_in_front(self.in_front, self.client_in_flight)
+        return _beyond(self.in_front, self.client_in_flight, self.uncertainty)
+
+    @property
+    def over_client(self) -> bool:
+        """vLLM held more than the client sent, by more than the figures' error (other traffic?)."""
+        return _beyond(-self.in_front, self.client_in_flight, self.uncertainty)
 
 
-def _waited_in_front(in_front: float, in_flight: float) -> bool:
-    return in_front >= max(1.0, FRONT_WAIT_SHARE * in_flight)
+def _beyond(difference: float, in_flight: float, uncertainty: float) -> bool:
+    """A difference between the client's and vLLM's occupancy that is a finding: at least one request,
+    FRONT_WAIT_SHARE of those in flight, and more than the estimate's own error."""
+    return difference >= max(1.0, FRONT_WAIT_SHARE * in_flight) and difference > uncertainty
 
 
 # Little's law on vLLM's request-time counters (the times of the requests that FINISHED in the window,
@@ -176,15 +185,36 @@ def engine_figures(step: Step | None) -> dict[str, Any]:
         vllm.pop("running_mean_counted", None)
         vllm.pop("waiting_mean_counted", None)
     running, waiting = vllm.get("running_mean_counted"), vllm.get("waiting_mean_counted") or 0.0
-    in_flight = get_path(step, "client", "in_flight_avg")
-    if step and running is not None and in_flight:
+    if step and running is not None:
         held = running + waiting
-        if in_flight < held <= in_flight + counted_edge_error(step):
-            vllm["running_mean_counted"] = running * in_flight / held
+        shown = _held_to_client(step, held)
+        if shown != held:
+            vllm["running_mean_counted"] = running * shown / held
             if vllm.get("waiting_mean_counted") is not None:
-                vllm["waiting_mean_counted"] = waiting * in_flight / held
+                vllm["waiting_mean_counted"] = waiting * shown / held
             vllm["counted_held_raw"] = held
     return vllm
+
+
+def _held_to_client(step: Step, counted: float) -> float:
+    """A counted mean over what the client had in flight by no more than the window's edges allow, held
+    to the client's figure (more than that is left as it is: other traffic, or a bug, to be flagged)."""
+    in_flight = get_path(step, "client", "in_flight_avg")
+    if in_flight and in_flight < counted <= in_flight + counted_edge_error(step):
+        return float(in_flight)
+    return counted
+
+
+def collector_in_flight(step: Step) -> float | None:
+    """Requests in the collector, time average: counted from its request times (Little's law) where the
+    requests are short for the window and none failed (only successes are timed), else its gauge's
+    samples in the window."""
+    collector = get_path(step, "server", "collector") or {}
+    counted = collector.get("in_flight_counted")
+    if counted is not None and counted_means_usable(step) and not get_path(step, "client", "errors"):
+        return _held_to_client(step, float(counted))
+    gauge = collector.get("in_flight_avg")
+    return None if gauge is None else float(gauge)
 
 
 def _mean_held(vllm: dict[str, Any]) -> tuple[float | None, float]:
@@ -217,6 +247,9 @@ def where_waited(step: Step, host_cpu_counts: bool = True) -> Wait | None:
     held, waiting = _mean_held(vllm)
     if held is None:
         return None
+    counted = vllm.get("running_mean_counted")
+    uncertainty = counted_edge_error(step) if counted is not None and (
+        vllm.get("running_avg") is None or counted >= vllm["running_avg"]) else 0.0
     client = step.get("client") or {}
     in_flight = client.get("in_flight_avg")
     if in_flight is None:  # runs recorded before the client's own figure: a closed loop keeps each user busy
@@ -227,11 +260,11 @@ def where_waited(step: Step, host_cpu_counts: bool = True) -> Wait | None:
     host_busy = get_path(step, "server", "host", "cpu_busy_ratio")
     evidence = [f"client had {in_flight:.1f} requests open on average, vLLM held {held:.1f} "
                 f"(running + waiting; {waiting:.1f} waiting)"]
-    collector_in_flight = get_path(step, "server", "collector", "in_flight_avg")
-    if collector_in_flight is not None:
-        evidence.append(f"the collector had {collector_in_flight:.1f} in flight")
+    in_collector = collector_in_flight(step)
+    if in_collector is not None:
+        evidence.append(f"the collector had {in_collector:.1f} in flight")
     where = ""
-    if _waited_in_front(in_front, in_flight):
+    if _beyond(in_front, in_flight, uncertainty):
         saturated = []
         if api_cpu is not None:
             evidence.append(f"vLLM's API-server process used {api_cpu:.2f} of a core")
@@ -249,7 +282,8 @@ def where_waited(step: Step, host_cpu_counts: bool = True) -> Wait | None:
             where = "the host's CPUs"
         else:
             where = "undetermined"
-    return Wait(step["concurrency"], in_flight, held, waiting, in_front, where, evidence, api_cpu, collector_cpu)
+    return Wait(step["concurrency"], in_flight, held, waiting, in_front, where, evidence, api_cpu, collector_cpu,
+                uncertainty)
 
 
 REMEDY = {
@@ -383,11 +417,15 @@ def consistency_checks(steps: list[Step], bandwidth: dict[str, Any], tolerance: 
         wait = where_waited(step, host_cpu_counts)
         if wait is not None:
             # The server cannot hold more than the client sent, unless other traffic reached it.
-            over = -wait.in_front >= max(1.0, FRONT_WAIT_SHARE * wait.client_in_flight)
+            over = wait.over_client
+            within = (not wait.front_of_engine and not over
+                      and abs(wait.in_front) >= max(1.0, FRONT_WAIT_SHARE * wait.client_in_flight))
             checks.append(Check("Little's law: client in flight vs vLLM running + waiting", c,
                                 not wait.front_of_engine and not over,
                                 f"{wait.client_in_flight:.1f} open at the client, {wait.engine_held:.1f} in vLLM"
                                 + _edge_note(step)
+                                + (f" (a difference within the ±{wait.uncertainty:.1f} that vLLM's counted figure "
+                                   "allows over this window)" if within else "")
                                 + (f": {wait.in_front:.1f} waited in front of the engine" if wait.front_of_engine
                                    else "")
                                 + (": vLLM held more than the client sent (other traffic on the server?)"

@@ -158,7 +158,7 @@ def wait_table(analysis: Analysis, steps: list[Step]) -> dict[str, Any]:
     for w in analysis.waits:
         server = by_c[w.concurrency].get("server") or {}
         rows.append([str(w.concurrency), _n(w.client_in_flight, 1),
-                     _n(((server.get("collector") or {}).get("in_flight_avg")), 1), _n(w.engine_held, 1),
+                     _n(diagnosis.collector_in_flight(by_c[w.concurrency]), 1), _n(w.engine_held, 1),
                      _n(w.engine_waiting, 1), _n(max(0.0, w.in_front), 1),
                      _n((server.get("vllm") or {}).get("api_server_cpu_cores"), 2),
                      _n((server.get("collector") or {}).get("cpu_cores"), 2),
