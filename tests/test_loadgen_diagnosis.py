@@ -222,17 +222,18 @@ def test_collector_in_flight_is_counted_where_the_gauge_has_two_scrapes() -> Non
     scrapes in an 8-s window, one before the first request and one where every user's request had just
     ended together. Its own request times, summed, say 5 (held to the client's figure within the edge
     error); with failures (not timed) or long requests the gauge's in-window samples stand."""
-    step: Step = {"concurrency": 5, "steady_start": 0.0, "steady_end": 8.0,
-                  "client": {"in_flight_avg": 4.97, "e2e_p50_s": 1.0, "e2e_p95_s": 1.07, "errors": 0},
-                  "server": {"collector": {"in_flight_avg": 0.5, "in_flight_counted": 5.2}, "vllm": {}}}
+    collector: dict[str, Any] = {"in_flight_avg": 0.5, "in_flight_counted": 5.2}
+    client: dict[str, Any] = {"in_flight_avg": 4.97, "e2e_p50_s": 1.0, "e2e_p95_s": 1.07, "errors": 0}
+    step: Step = {"concurrency": 5, "steady_start": 0.0, "steady_end": 8.0, "client": client,  # type: ignore[typeddict-item]
+                  "server": {"collector": collector, "vllm": {}}}
     assert diagnosis.collector_in_flight(step) == pytest.approx(4.97)
-    step["server"]["collector"]["in_flight_counted"] = 4.6
+    collector["in_flight_counted"] = 4.6
     assert diagnosis.collector_in_flight(step) == pytest.approx(4.6)
-    step["client"]["errors"] = 3
+    client["errors"] = 3
     assert diagnosis.collector_in_flight(step) == pytest.approx(0.5)
-    step["client"].update(errors=0, e2e_p50_s=diagnosis.SCRAPE_INTERVAL_S + 1)
+    client.update(errors=0, e2e_p50_s=diagnosis.SCRAPE_INTERVAL_S + 1)
     assert diagnosis.collector_in_flight(step) == pytest.approx(0.5)
-    del step["server"]["collector"]["in_flight_avg"]
+    del collector["in_flight_avg"]
     assert diagnosis.collector_in_flight(step) is None
 
 
