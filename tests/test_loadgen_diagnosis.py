@@ -18,7 +18,7 @@ import yaml
 
 from loadgen.prom import bucket_of
 from loadgen.report import diagnosis
-from loadgen.report.analysis import analyse, queueing_cause
+from loadgen.report.analysis import analyse, broke_first, queueing_cause
 from loadgen.report.plots import _spaced
 from loadgen.results import Step, load_run
 
@@ -235,6 +235,20 @@ def test_collector_in_flight_is_counted_where_the_gauge_has_two_scrapes() -> Non
     assert diagnosis.collector_in_flight(step) == pytest.approx(0.5)
     del collector["in_flight_avg"]
     assert diagnosis.collector_in_flight(step) is None
+
+
+def test_evidence_shows_a_first_bucket_quantile_as_its_bound() -> None:
+    """A fresh capstone's evidence said "p95 queue time (vLLM): 0.285 at 5 users": histogram_quantile inside
+    vLLM's first queue-time bucket (0-300 ms) with nothing ever waiting. Only the bound is known."""
+    steps = {s["concurrency"]: s for s in load_run(EXAMPLE / "20261201-170350-gpu-kv-fill")["steps"]}
+    good, bad = steps[160], steps[400]
+    _, evidence = broke_first(good, bad, True, {"kv_cache_usage_ratio": 0.9})
+    assert "p95 queue time (vLLM), ms: 3,762.5 at 160 users -> 4,992.1 at 400 users" in evidence
+    vllm = diagnosis.get_path(good, "server", "vllm")
+    vllm.update(queue_p95_s=0.285, queue_mean_s=0.0)
+    vllm.pop("queue_p95_bucket_s", None)
+    _, evidence = broke_first(good, bad, True, {"kv_cache_usage_ratio": 0.9})
+    assert "p95 queue time (vLLM), ms: ≤ 300 (mean 0.0) at 160 users -> 4,992.1 at 400 users" in evidence
 
 
 def test_queueing_is_attributed_from_the_gauges() -> None:

@@ -171,6 +171,13 @@ def broke_first(good: Step | None, bad: Step, ttfb_is_ttft: bool,
         prefix = f"{format(before, fmt)} at {_n_users(cg or 0)} -> " if (good and before is not None) else ""
         return f"{label}: {prefix}{'n/a' if after is None else format(after, fmt)} at {_n_users(cb)}"
 
+    def quantile_line(label: str, metric: str) -> str:
+        """A vLLM histogram p95, as it may honestly be shown ("≤ bound" inside the first bucket)."""
+        before = diagnosis.server_quantile(vg, metric, "p95") if good else None
+        prefix = (f"{before.text_ms()} at {_n_users(cg or 0)} -> "
+                  if before is not None and before.value is not None else "")
+        return f"{label}, ms: {prefix}{diagnosis.server_quantile(vb, metric, 'p95').text_ms()} at {_n_users(cb)}"
+
     client_cap, drop_evidence = rate_mode.drop_cause(bad)  # a rate step that dropped arrivals
     evidence += drop_evidence
     if client_cap is not None:
@@ -197,7 +204,7 @@ def broke_first(good: Step | None, bad: Step, ttfb_is_ttft: bool,
         evidence.append(line("requests running (peak)", running_peak(vg), running_max, ".0f"))
         evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
         if (_rise(vg.get("queue_p95_s"), vb.get("queue_p95_s")) or 0) > 1.2:
-            evidence.append(line("p95 queue time (vLLM)", vg.get("queue_p95_s"), vb["queue_p95_s"], ".3f"))
+            evidence.append(quantile_line("p95 queue time (vLLM)", "queue"))
         before = (cg, waiting_peak(vg), vg.get("kv_cache_usage_max")) if cg is not None else None
         return queueing_cause(cb, kv, running_max, waiting_max, thresholds, before), evidence
     wait = diagnosis.where_waited(bad, host_cpu_counts)
@@ -211,7 +218,7 @@ def broke_first(good: Step | None, bad: Step, ttfb_is_ttft: bool,
     if itl_rise is not None and itl_rise > 1.3:
         if itl_mean_bad is not None:
             evidence.append(line("mean inter-token latency (vLLM)", itl_mean_good, itl_mean_bad, ".4f"))
-        evidence.append(line("p95 inter-token latency (vLLM)", itl_good, itl_bad, ".4f"))
+        evidence.append(quantile_line("p95 inter-token latency (vLLM)", "itl"))
         evidence.append(line("requests running (peak)", running_peak(vg), running_max, ".0f"))
         evidence.append(line(f"p95 TTFT ({source})", ttft_good, ttft_bad, ".3f"))
         held = "while TTFT held" if ttft_rise is None or ttft_rise < itl_rise else (
@@ -222,7 +229,7 @@ def broke_first(good: Step | None, bad: Step, ttfb_is_ttft: bool,
     evidence.append(line("p95 total latency (client)", _get(good, "client", "e2e_p95_s") if good else None,
                          client.get("e2e_p95_s"), ".2f"))
     if itl_bad is not None:
-        evidence.append(line("p95 inter-token latency (vLLM)", itl_good, itl_bad, ".4f"))
+        evidence.append(quantile_line("p95 inter-token latency (vLLM)", "itl"))
     busy = _get(bad, "server", "host", "cpu_busy_ratio")
     if host_cpu_counts and busy is not None and busy >= HOST_CPU_SATURATED:
         evidence.append(f"host CPUs {busy:.0%} busy")
