@@ -76,7 +76,10 @@ def test_bucket_of_says_when_a_quantile_is_only_a_bound() -> None:
                                       "itl", "p50")
     assert first.upper_bound_only and first.text_ms() == "≤ 10 (mean 4.2)"
     inner = diagnosis.server_quantile({"itl_p95_s": 0.02, "itl_p95_bucket_s": [0.01, 0.025]}, "itl", "p95")
-    assert not inner.upper_bound_only and inner.text_ms() == "20.0"
+    # interpolated inside a bucket 2.5x as wide as its start: the bucket is shown with it
+    assert not inner.upper_bound_only and inner.wide and inner.text_ms() == "20 (10-25)"
+    narrow = diagnosis.server_quantile({"ttft_p50_s": 0.9, "ttft_p50_bucket_s": [0.75, 1.0]}, "ttft", "p50")
+    assert not narrow.wide and narrow.text_ms() == "900.0"
 
 
 def test_usl_fit_recovers_known_parameters_and_refuses_a_bad_fit() -> None:
@@ -243,12 +246,13 @@ def test_evidence_shows_a_first_bucket_quantile_as_its_bound() -> None:
     steps = {s["concurrency"]: s for s in load_run(EXAMPLE / "20261201-170350-gpu-kv-fill")["steps"]}
     good, bad = steps[160], steps[400]
     _, evidence = broke_first(good, bad, True, {"kv_cache_usage_ratio": 0.9})
-    assert "p95 queue time (vLLM), ms: 3,762.5 at 160 users -> 4,992.1 at 400 users" in evidence
+    # both interpolated inside vLLM's 2.5-5 s bucket: shown with it (the rise lies within one bucket)
+    assert "p95 queue time (vLLM), ms: 3,763 (2,500-5,000) at 160 users -> 4,992 (2,500-5,000) at 400 users" in evidence
     vllm = diagnosis.get_path(good, "server", "vllm")
     vllm.update(queue_p95_s=0.285, queue_mean_s=0.0)
     vllm.pop("queue_p95_bucket_s", None)
     _, evidence = broke_first(good, bad, True, {"kv_cache_usage_ratio": 0.9})
-    assert "p95 queue time (vLLM), ms: ≤ 300 (mean 0.0) at 160 users -> 4,992.1 at 400 users" in evidence
+    assert "p95 queue time (vLLM), ms: ≤ 300 (mean 0.0) at 160 users -> 4,992 (2,500-5,000) at 400 users" in evidence
 
 
 def test_queueing_is_attributed_from_the_gauges() -> None:

@@ -283,12 +283,21 @@ def gap_note(rows: list[dict[str, Any]], ttfb_is_ttft: bool, verdict: str | None
                 "(server figures are histogram quantiles; \"≤\" marks one that lies in the first bucket).")
         if collector_q.value is not None and not collector_q.upper_bound_only:
             text += (f" Client minus collector: {client_ms - collector_q.value * 1000:+.1f} ms, the time between the "
-                     "collector relaying the first token and k6 reading it; ")
+                     "collector relaying the first token and k6 reading it"
+                     + (" (the collector's p50 is interpolated inside its bucket: read the difference as rough); "
+                        if collector_q.wide else "; "))
         else:
             text += " The client-to-collector part cannot be separated (collector figure absent or only a bound); "
-        if collector_q.value is not None and vllm_q.value is not None and not vllm_q.upper_bound_only:
+        if collector_q.mean is not None and vllm_q.mean is not None:
+            # Means from the histograms' _sum/_count are exact, whatever the buckets.
+            text += (f"collector minus vLLM by their means (exact: {collector_q.mean * 1000:,.1f} and "
+                     f"{vllm_q.mean * 1000:,.1f} ms): {(collector_q.mean - vllm_q.mean) * 1000:+.1f} ms, time outside "
+                     "vLLM's own TTFT clock that these metrics do not decompose further.")
+        elif collector_q.value is not None and vllm_q.value is not None and not vllm_q.upper_bound_only:
             text += (f"collector minus vLLM: {(collector_q.value - vllm_q.value) * 1000:+.1f} ms, time outside vLLM's "
-                     "own TTFT clock that these metrics do not decompose further.")
+                     "own TTFT clock that these metrics do not decompose further"
+                     + (" (quantiles interpolated inside wide buckets: rough)." if vllm_q.wide or collector_q.wide
+                        else "."))
         else:
             text += "the collector-to-vLLM part cannot be measured from these histograms."
         if r["bunched"]:

@@ -78,11 +78,21 @@ def gpu_bandwidth(name: str | None) -> float | None:
 
 
 # ------------------------------------------------------------------ honest quantiles
+# A quantile interpolated inside a bucket whose upper bound is at least this multiple of its lower one is
+# shown with the bucket: "164 (100-250)", not "163.7" (histogram_quantile assumes an even spread inside).
+WIDE_BUCKET_RATIO = 2.0
+
+
 @dataclass(frozen=True)
 class Quantile:
     value: float | None
     upper_bound_only: bool  # the quantile lies in the first bucket: only "<= value" is known
     mean: float | None = None
+    bucket: tuple[float, float] | None = None  # the bucket it was interpolated in, where recorded
+
+    @property
+    def wide(self) -> bool:
+        return self.bucket is not None and self.bucket[0] > 0 and self.bucket[1] >= WIDE_BUCKET_RATIO * self.bucket[0]
 
     def text_ms(self) -> str:
         if self.value is None:
@@ -90,6 +100,8 @@ class Quantile:
         mean = f" (mean {self.mean * 1000:,.1f})" if self.mean is not None else ""
         if self.upper_bound_only:
             return f"≤ {self.value * 1000:,.0f}{mean}"
+        if self.wide and self.bucket is not None:
+            return f"{self.value * 1000:,.0f} ({self.bucket[0] * 1000:,.0f}-{self.bucket[1] * 1000:,.0f})"
         return f"{self.value * 1000:,.1f}"
 
 
@@ -103,7 +115,7 @@ def server_quantile(group: dict[str, Any] | None, metric: str, q: str, source: s
     bucket = group.get(f"{metric}_{q}_bucket_s")
     if bucket is not None:
         lower, upper = bucket
-        return Quantile(upper, True, mean) if lower == 0 else Quantile(value, False, mean)
+        return Quantile(upper, True, mean) if lower == 0 else Quantile(value, False, mean, (lower, upper))
     first = VLLM_FIRST_BUCKET_S.get(metric) if source == "vllm" else None
     if first is not None and value <= first:
         return Quantile(first, True, mean)
