@@ -80,6 +80,12 @@ def test_bucket_of_says_when_a_quantile_is_only_a_bound() -> None:
     assert not inner.upper_bound_only and inner.wide and inner.text_ms() == "20 (10-25)"
     narrow = diagnosis.server_quantile({"ttft_p50_s": 0.9, "ttft_p50_bucket_s": [0.75, 1.0]}, "ttft", "p50")
     assert not narrow.wide and narrow.text_ms() == "900.0"
+    e2e = diagnosis.server_quantile({"e2e_p95_s": 4.5, "e2e_p95_bucket_s": [2.5, 5.0]}, "e2e", "p95")
+    assert e2e.text_s() == "4.5 (2.5-5)"
+    narrow_e2e = diagnosis.server_quantile({"e2e_p95_s": 1.48, "e2e_p95_bucket_s": [1.0, 1.5]}, "e2e", "p95")
+    assert narrow_e2e.text_s() == "1.48"
+    first_e2e = diagnosis.server_quantile({"e2e_p95_s": 0.2, "e2e_p95_bucket_s": [0.0, 0.3]}, "e2e", "p95")
+    assert first_e2e.text_s() == "≤ 0.3"
 
 
 def test_usl_fit_recovers_known_parameters_and_refuses_a_bad_fit() -> None:

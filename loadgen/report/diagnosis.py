@@ -104,6 +104,16 @@ class Quantile:
             return f"{self.value * 1000:,.0f} ({self.bucket[0] * 1000:,.0f}-{self.bucket[1] * 1000:,.0f})"
         return f"{self.value * 1000:,.1f}"
 
+    def text_s(self) -> str:
+        """The same in seconds (end-to-end latencies)."""
+        if self.value is None:
+            return "n/a"
+        if self.upper_bound_only:
+            return f"≤ {self.value:g}" + (f" (mean {self.mean:.2f})" if self.mean is not None else "")
+        if self.wide and self.bucket is not None:
+            return f"{self.value:.1f} ({self.bucket[0]:g}-{self.bucket[1]:g})"
+        return f"{self.value:.2f}"
+
 
 def server_quantile(group: dict[str, Any] | None, metric: str, q: str, source: str = "vllm") -> Quantile:
     """A histogram quantile as it may honestly be shown: inside the first bucket only its bound."""

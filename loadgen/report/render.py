@@ -120,7 +120,8 @@ def server_table(steps: list[Step]) -> dict[str, Any]:
                      _pct(v.get("kv_cache_usage_max")), _n(v.get("preemptions")),
                      diagnosis.server_quantile(v, "itl", "p50").text_ms(),
                      diagnosis.server_quantile(v, "itl", "p95").text_ms(),
-                     diagnosis.server_quantile(v, "queue", "p95").text_ms(), _s(v.get("e2e_p95_s"), 2),
+                     diagnosis.server_quantile(v, "queue", "p95").text_ms(),
+                     diagnosis.server_quantile(v, "e2e", "p95").text_s(),
                      _n((h.get("mem_available_min_bytes") or 0) / 2**30 or None, 1), _pct(h.get("cpu_busy_ratio")),
                      gpu])
     table: dict[str, Any] = {
