@@ -88,18 +88,21 @@ class StepSpec:
     extra: dict[str, Any] = field(default_factory=dict)  # more settings for the script's config file
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
+def parse_records(text: str) -> list[dict[str, Any]]:
+    """The per-request JSON lines k6 wrote (its console output, or a k6-operator runner's pod log)."""
     records: list[dict[str, Any]] = []
-    if not path.exists():
-        return records
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line.startswith("{"):
             try:
                 records.append(json.loads(line))
             except ValueError:
-                continue  # a line cut by a killed k6
+                continue  # a line cut by a killed k6 or a stopped runner
     return records
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    return parse_records(path.read_text()) if path.exists() else []
 
 
 def step_config(spec: StepSpec, summary_path: str) -> dict[str, Any]:

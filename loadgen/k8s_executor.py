@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import requests
 
-from loadgen.k6_runner import SCRIPT, StepRun, StepSpec, step_config
+from loadgen.k6_runner import SCRIPT, StepRun, StepSpec, parse_records, step_config
 from loadgen.kubernetes import USERS_PER_RUNNER, testrun
 
 TESTRUNS = "/apis/k6.io/v1alpha1/namespaces/{ns}/testruns"
@@ -111,18 +111,6 @@ class K8sStepRun:
     request_files: list[Path] = field(default_factory=list)
 
 
-def _records(text: str) -> list[dict[str, Any]]:
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut by a stopped runner
-    return out
-
-
 def run_step_k8s(api: KubeApi, run: str, step: float, users: int, config: dict[str, Any], script: Path,
                  work_dir: Path, *, remote_write_url: str = "", replicas_selector: str | None = None,
                  watchdog: Callable[[], str | None] | None = None, poll_s: float = 2.0,
@@ -156,11 +144,11 @@ def run_step_k8s(api: KubeApi, run: str, step: float, users: int, config: dict[s
         records: list[dict[str, Any]] = []
         files = []
         for pod in runners:
-            text = api.pod_log(pod)
+            pod_records = parse_records(api.pod_log(pod))
             path = work_dir / f"step-{step:g}-requests-{pod}.jsonl"
-            path.write_text("".join(f"{json.dumps(r)}\n" for r in _records(text)))
+            path.write_text("".join(f"{json.dumps(r)}\n" for r in pod_records))
             files.append(path)
-            records.extend({**r, "runner": pod} for r in _records(text))
+            records.extend({**r, "runner": pod} for r in pod_records)
         replicas = api.ready_replicas(replicas_selector) if replicas_selector else None
     finally:
         api.delete_testrun(name)
