@@ -157,6 +157,12 @@ class Wait:
         """vLLM held more than the client sent, by more than the figures' error (other traffic?)."""
         return _beyond(-self.in_front, self.client_in_flight, self.uncertainty)
 
+    @property
+    def within_error(self) -> bool:
+        """A gap that would be a finding, were it not within the counted figure's own error."""
+        return (_beyond(abs(self.in_front), self.client_in_flight, 0.0)
+                and not self.front_of_engine and not self.over_client)
+
 
 def _beyond(difference: float, in_flight: float, uncertainty: float) -> bool:
     """A difference between the client's and vLLM's occupancy that is a finding: at least one request,
@@ -239,19 +245,21 @@ def collector_in_flight(step: Step) -> float | None:
     return None if gauge is None else float(gauge)
 
 
-def _mean_held(vllm: dict[str, Any]) -> tuple[float | None, float]:
-    """(running + waiting, waiting) inside vLLM, time averages; counted (Little's law on vLLM's own
-    request-time histograms) where recorded, else the gauges averaged at scrape instants."""
+def _mean_held(vllm: dict[str, Any]) -> tuple[float | None, float, bool]:
+    """(running + waiting, waiting, whether running is the counted figure) inside vLLM, time averages;
+    counted (Little's law on vLLM's own request-time histograms) where recorded, else the gauges averaged
+    at scrape instants, whichever is larger."""
     running = vllm.get("running_mean_counted")
     waiting = vllm.get("waiting_mean_counted")
     gauge_running, gauge_waiting = vllm.get("running_avg"), vllm.get("waiting_avg")
+    counted = running is not None
     if running is None or (gauge_running is not None and gauge_running > running):
-        running = gauge_running
+        running, counted = gauge_running, False
     if waiting is None or (gauge_waiting is not None and gauge_waiting > waiting):
         waiting = gauge_waiting
     if running is None:
-        return None, waiting or 0.0
-    return running + (waiting or 0.0), waiting or 0.0
+        return None, waiting or 0.0, False
+    return running + (waiting or 0.0), waiting or 0.0, counted
 
 
 def host_cpu_informative(steps: list[Step]) -> bool:
@@ -266,12 +274,10 @@ def where_waited(step: Step, host_cpu_counts: bool = True) -> Wait | None:
     vllm = engine_figures(step)
     if not vllm:
         return None
-    held, waiting = _mean_held(vllm)
+    held, waiting, counted = _mean_held(vllm)
     if held is None:
         return None
-    counted = vllm.get("running_mean_counted")
-    uncertainty = counted_edge_error(step) if counted is not None and (
-        vllm.get("running_avg") is None or counted >= vllm["running_avg"]) else 0.0
+    uncertainty = counted_edge_error(step) if counted else 0.0
     client = step.get("client") or {}
     in_flight = client.get("in_flight_avg")
     if in_flight is None:  # runs recorded before the client's own figure: a closed loop keeps each user busy
@@ -440,14 +446,12 @@ def consistency_checks(steps: list[Step], bandwidth: dict[str, Any], tolerance: 
         if wait is not None:
             # The server cannot hold more than the client sent, unless other traffic reached it.
             over = wait.over_client
-            within = (not wait.front_of_engine and not over
-                      and abs(wait.in_front) >= max(1.0, FRONT_WAIT_SHARE * wait.client_in_flight))
             checks.append(Check("Little's law: client in flight vs vLLM running + waiting", c,
                                 not wait.front_of_engine and not over,
                                 f"{wait.client_in_flight:.1f} open at the client, {wait.engine_held:.1f} in vLLM"
                                 + _edge_note(step)
                                 + (f" (a difference within the ±{wait.uncertainty:.1f} that vLLM's counted figure "
-                                   "allows over this window)" if within else "")
+                                   "allows over this window)" if wait.within_error else "")
                                 + (f": {wait.in_front:.1f} waited in front of the engine" if wait.front_of_engine
                                    else "")
                                 + (": vLLM held more than the client sent (other traffic on the server?)"
