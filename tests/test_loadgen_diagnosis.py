@@ -242,6 +242,11 @@ def test_collector_in_flight_is_counted_where_the_gauge_has_two_scrapes() -> Non
     assert diagnosis.collector_in_flight(step) == pytest.approx(0.5)
     client.update(errors=0, e2e_p50_s=diagnosis.SCRAPE_INTERVAL_S + 1)
     assert diagnosis.collector_in_flight(step) == pytest.approx(0.5)
+    # 20 users, 3-s requests in an 8-s window: the count came out at 9.2, the gauge's scrapes at 20
+    client.update(e2e_p50_s=3.2, e2e_p95_s=6.0, in_flight_avg=19.9)
+    collector.update(in_flight_avg=20.0, in_flight_counted=9.2)
+    assert diagnosis.collector_in_flight(step) == pytest.approx(20.0)
+    client.update(e2e_p50_s=diagnosis.SCRAPE_INTERVAL_S + 1)
     del collector["in_flight_avg"]
     assert diagnosis.collector_in_flight(step) is None
 

@@ -234,15 +234,17 @@ def _held_to_client(step: Step, counted: float) -> float:
 
 
 def collector_in_flight(step: Step) -> float | None:
-    """Requests in the collector, time average: counted from its request times (Little's law) where the
-    requests are short for the window and none failed (only successes are timed), else its gauge's
-    samples in the window."""
+    """Requests in the collector, time average, as _mean_held reads vLLM's: the larger of its gauge's
+    samples in the window and the figure counted from its request times (Little's law), the latter only
+    where the requests are short for the window and none failed (only successes are timed). Each misses
+    differently: two scrapes can land where a closed loop's users end together; a few long requests
+    straddling the window's edges can leave the count short."""
     collector = get_path(step, "server", "collector") or {}
+    figures = [float(collector["in_flight_avg"])] if collector.get("in_flight_avg") is not None else []
     counted = collector.get("in_flight_counted")
     if counted is not None and counted_means_usable(step) and not get_path(step, "client", "errors"):
-        return _held_to_client(step, float(counted))
-    gauge = collector.get("in_flight_avg")
-    return None if gauge is None else float(gauge)
+        figures.append(_held_to_client(step, float(counted)))
+    return max(figures, default=None)
 
 
 def _mean_held(vllm: dict[str, Any]) -> tuple[float | None, float, bool]:
