@@ -114,8 +114,9 @@ def test_capstone_end_to_end_writes_a_complete_report(stack: Stack) -> None:
         # more in the engine than users sending, beyond what the window's edges can account for.
         assert vllm["ttft_p50_s"] is not None and vllm["running_mean_counted"] >= 0.5, vllm
         shown = diagnosis.engine_figures(step)
-        assert shown["running_mean_counted"] + (shown.get("waiting_mean_counted") or 0) <= client["in_flight_avg"], (
-            vllm, client, diagnosis.counted_edge_error(step))
+        # Held figures are scaled to the client's in-flight, so their sum may exceed it by a rounding ulp.
+        held = shown["running_mean_counted"] + (shown.get("waiting_mean_counted") or 0)
+        assert held <= client["in_flight_avg"] * (1 + 1e-9), (vllm, client, diagnosis.counted_edge_error(step))
         assert step["server"]["host"]["mem_available_min_bytes"] > 0
         assert step["k6"]["cpu_s"] > 0
     assert steps[20]["server"]["vllm"]["running_mean_counted"] > 2 * steps[1]["server"]["vllm"]["running_mean_counted"]
