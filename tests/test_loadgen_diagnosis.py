@@ -78,12 +78,21 @@ def test_bucket_of_says_when_a_quantile_is_only_a_bound() -> None:
     inner = diagnosis.server_quantile({"itl_p95_s": 0.02, "itl_p95_bucket_s": [0.01, 0.025]}, "itl", "p95")
     # interpolated inside a bucket 2.5x as wide as its start: the bucket is shown with it
     assert not inner.upper_bound_only and inner.wide and inner.text_ms() == "20 (10-25)"
-    narrow = diagnosis.server_quantile({"ttft_p50_s": 0.9, "ttft_p50_bucket_s": [0.75, 1.0]}, "ttft", "p50")
-    assert not narrow.wide and narrow.text_ms() == "900.0"
+    # inside a narrower bucket: no more digits than the bucket resolves (about a tenth of its width)
+    narrow = diagnosis.server_quantile({"ttft_p50_s": 0.6932, "ttft_p50_bucket_s": [0.5, 0.75]}, "ttft", "p50")
+    assert not narrow.wide and narrow.text_ms() == "690"
+    assert diagnosis.server_quantile({"ttft_p50_s": 0.123, "ttft_p50_bucket_s": [0.1, 0.15]},
+                                     "ttft", "p50").text_ms() == "123"
+    assert diagnosis.server_quantile({"itl_p95_s": 0.01234, "itl_p95_bucket_s": [0.01, 0.015]},
+                                     "itl", "p95").text_ms() == "12.3"
+    # no bucket recorded (older runs): as recorded
+    assert diagnosis.server_quantile({"ttft_p50_s": 0.6932}, "ttft", "p50").text_ms() == "693.2"
     e2e = diagnosis.server_quantile({"e2e_p95_s": 4.5, "e2e_p95_bucket_s": [2.5, 5.0]}, "e2e", "p95")
     assert e2e.text_s() == "4.5 (2.5-5)"
     narrow_e2e = diagnosis.server_quantile({"e2e_p95_s": 1.48, "e2e_p95_bucket_s": [1.0, 1.5]}, "e2e", "p95")
     assert narrow_e2e.text_s() == "1.48"
+    long_e2e = diagnosis.server_quantile({"e2e_p95_s": 12.34, "e2e_p95_bucket_s": [10.0, 15.0]}, "e2e", "p95")
+    assert long_e2e.text_s() == "12.3"
     first_e2e = diagnosis.server_quantile({"e2e_p95_s": 0.2, "e2e_p95_bucket_s": [0.0, 0.3]}, "e2e", "p95")
     assert first_e2e.text_s() == "≤ 0.3"
 

@@ -278,11 +278,12 @@ def gap_note(rows: list[dict[str, Any]], ttfb_is_ttft: bool, verdict: str | None
         client_ms = r["client_p50_s"] * 1000
         vllm_q: diagnosis.Quantile = r["vllm_p50"]
         collector_q: diagnosis.Quantile = r["collector_p50"]
-        text = (f"At {_n_users(r['concurrency'])}, the least loaded step, p50 TTFT was {client_ms:.1f} ms at the "
+        text = (f"At {_n_users(r['concurrency'])}, the least loaded step, p50 TTFT was {client_ms:,.1f} ms at the "
                 f"client, {collector_q.text_ms()} ms at the collector and {vllm_q.text_ms()} ms inside vLLM "
-                "(server figures are histogram quantiles; \"≤\" marks one that lies in the first bucket).")
+                "(server figures are histogram quantiles: \"≤\" marks one that lies in the first bucket, a range the "
+                "wide bucket one was interpolated in; the others are rounded to what their bucket resolves).")
         if collector_q.value is not None and not collector_q.upper_bound_only:
-            text += (f" Client minus collector: {client_ms - collector_q.value * 1000:+.1f} ms, the time between the "
+            text += (f" Client minus collector: {client_ms - collector_q.value * 1000:+,.1f} ms, the time between the "
                      "collector relaying the first token and k6 reading it"
                      + (" (the collector's p50 is interpolated inside its bucket: read the difference as rough); "
                         if collector_q.wide else "; "))
