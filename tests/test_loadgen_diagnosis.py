@@ -225,14 +225,27 @@ def test_a_gap_within_the_counted_figure_s_error_is_no_wait_in_front() -> None:
     wait = diagnosis.where_waited(step)
     assert wait is not None and wait.uncertainty == pytest.approx(5.0 * 1.2 / 5)
     assert not wait.front_of_engine and not wait.over_client
+    assert wait.verdict() == "within the counted figure's error (±1.2)"
     little = [c for c in diagnosis.consistency_checks([step], {}, 0.03) if c.name.startswith("Little's law")]
     assert little[0].ok and "within the ±1.2 that vLLM's counted figure allows" in little[0].detail
     vllm["running_mean_counted"] = 2.5
     wait = diagnosis.where_waited(step)
-    assert wait is not None and wait.front_of_engine
+    assert wait is not None and wait.front_of_engine and wait.verdict() == "undetermined"
     vllm.update(running_avg=4.0, running_mean_counted=3.5)  # the gauges' figure: no counted edge error
     wait = diagnosis.where_waited(step)
     assert wait is not None and wait.uncertainty == 0.0 and wait.front_of_engine
+
+
+def test_the_wait_verdict_names_a_gap_under_the_threshold_instead_of_calling_it_none() -> None:
+    """The H200 default run's 280-user step had 40 of 279 requests in front of the engine (14%, under the
+    15% that makes a finding) and the table said "no wait in front"."""
+    def wait(in_front: float, client: float = 279.4, **kw: Any) -> diagnosis.Wait:
+        return diagnosis.Wait(concurrency=280, client_in_flight=client, engine_held=client - in_front,
+                              engine_waiting=0.0, in_front=in_front, where="vLLM's API server", evidence=[], **kw)
+    assert wait(40.1).verdict() == "minor (14% of those in flight; a finding from 15%)"
+    assert wait(0.4).verdict() == "no wait in front"
+    assert wait(108.5).verdict() == "vLLM's API server"
+    assert wait(-60.0).verdict() == "vLLM held more than the client sent"
 
 
 def test_collector_in_flight_is_counted_where_the_gauge_has_two_scrapes() -> None:

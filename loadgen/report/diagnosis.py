@@ -176,6 +176,20 @@ class Wait:
         return (_beyond(abs(self.in_front), self.client_in_flight, 0.0)
                 and not self.front_of_engine and not self.over_client)
 
+    def verdict(self) -> str:
+        """What the step's gap says, in a few words: where requests waited, or why the gap is no finding
+        (40 of 279 in front was once labelled "no wait in front": it was under the threshold, not nothing)."""
+        if self.front_of_engine:
+            return self.where or "in front of the engine"
+        if self.over_client:
+            return "vLLM held more than the client sent"
+        if self.within_error:
+            return f"within the counted figure's error (±{self.uncertainty:.1f})"
+        if self.in_front >= 1.0:
+            share = self.in_front / self.client_in_flight if self.client_in_flight else 0.0
+            return f"minor ({share:.0%} of those in flight; a finding from {FRONT_WAIT_SHARE:.0%})"
+        return "no wait in front"
+
 
 def _beyond(difference: float, in_flight: float, uncertainty: float) -> bool:
     """A difference between the client's and vLLM's occupancy that is a finding: at least one request,

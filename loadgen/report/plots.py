@@ -123,12 +123,14 @@ def throughput(analysis: Analysis, path: Path) -> Path:
     _mark_peak(ax, analysis)
     _concurrency_axis(ax, analysis)
     _mark_broken(ax, analysis, _values([r.output_tok_s for r in rows]))
-    handles = ax.get_legend_handles_labels()
-    extra = right.get_legend_handles_labels()
-    fig.legend(handles[0] + extra[0], handles[1] + extra[1], loc="lower center", ncol=4, fontsize=8, frameon=False)
+    handles, labels = (a + b for a, b in zip(ax.get_legend_handles_labels(), right.get_legend_handles_labels(),
+                                             strict=True))
+    # Three columns: the peak's label is long, and four overran the figure's edges (seen in Chromium).
+    legend_rows = math.ceil(len(labels) / 3)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     ax.set_title(f"Throughput vs {'offered rate' if _is_rate(analysis) else 'concurrency'} (red rings: SLO broken)")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path)
+    fig.tight_layout(rect=(0, 0.02 + 0.045 * legend_rows, 1, 1))
+    fig.savefig(path, bbox_inches="tight")  # never clip a label, whatever its length
     plt.close(fig)
     return path
 

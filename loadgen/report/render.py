@@ -163,7 +163,7 @@ def wait_table(analysis: Analysis, steps: list[Step]) -> dict[str, Any]:
                      _n(w.engine_waiting, 1), _n(max(0.0, w.in_front), 1),
                      _n((server.get("vllm") or {}).get("api_server_cpu_cores"), 2),
                      _n((server.get("collector") or {}).get("cpu_cores"), 2),
-                     (w.where if w.front_of_engine else "no wait in front") or "in front of the engine"])
+                     w.verdict()])
     return {"headers": ["concurrency", "client in flight", "collector in flight", "vLLM running + waiting",
                         "of which waiting", "in front of the engine", "vLLM API server CPU (cores)",
                         "collector CPU (cores)", "where"], "rows": rows}
