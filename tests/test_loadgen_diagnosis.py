@@ -327,6 +327,15 @@ def test_the_h200_worked_example_names_vllms_api_server_and_the_decode_bound_kv_
     # every example run re-renders from its folder alone
     run = rendered_copy(next(EXAMPLE.glob("*-capstone")), tmp_path)
     assert "NVIDIA H200" in (run / "report.md").read_text()
+    # a counted occupancy is shown with what the window's edges can move it by (320 users: 128.5 of 319
+    # counted in vLLM, gauges 210.8), and a gap under the finding threshold is named, not called none
+    report = (rendered_copy(EXAMPLE / "20261201-151031-default", tmp_path / "default") / "report.md").read_text()
+    def rows(section: str) -> dict[str, str]:
+        text = report.split(f"## {section}")[1].split("\n## ")[0]
+        return {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    server = rows("Server side per step")
+    assert "128.5 / 0.0 (±100.4)" in server["| 320"] and "(±" not in server["| 1"]
+    assert "minor (14% of those in flight; a finding from 15%)" in rows("Where requests waited")["| 280"]
 
 
 def test_a_cpu_run_with_bunched_delivery_prints_no_impossible_per_user_speed(tmp_path: Path) -> None:
