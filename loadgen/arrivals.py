@@ -329,7 +329,10 @@ def describe(arrival: Arrival) -> str:
 def describe_length(length: Length, unit: str) -> str:
     if length.dist == "fixed":
         return f"{length.value} {unit}"
-    bounds = f", clipped to [{length.min}, {length.max if length.max is not None else 'inf'}]"
+    bounds = (f", clipped to [{length.min}, {length.max if length.max is not None else 'inf'}]"
+              if length.min > 1 or length.max is not None else "")
     if length.dist == "lognormal":
         return f"lognormal, mean {length.mean:g} {unit}, cv {length.cv:g}{bounds}"
-    return f"histogram of {len(length.bins)} bins ({length.bins[0][0]}-{length.bins[-1][1]} {unit}){bounds}"
+    low, high = min(b[0] for b in length.bins), max(b[1] for b in length.bins)
+    bins = f"a histogram of {len(length.bins)} bins" if len(length.bins) > 1 else "uniform"
+    return f"{low}-{high} {unit} ({bins}){bounds}"

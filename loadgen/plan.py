@@ -204,9 +204,11 @@ def _workload(source: str, data: dict[str, Any]) -> tuple[str, tuple[float, ...]
     except WorkloadError as error:
         raise PlanError(f"{source}: {error}") from None
     # A recorded closed-loop plan carries the default arrival: only a set one is refused.
-    for key, value in (("arrival", arrival != Arrival()), ("mix", mix is not None)):
-        if mode != "rate" and value:
-            raise PlanError(f"{source}: {key}: only with mode: rate (this plan's mode is {mode})")
+    if mode != "rate" and arrival != Arrival():
+        raise PlanError(f"{source}: arrival: only with mode: rate (this plan's mode is {mode})")
+    # Slow readers are sent by loadgen's own client at their arrival instants; a closed loop has none.
+    if mode != "rate" and mix is not None and mix.slow_readers.share:
+        raise PlanError(f"{source}: mix.slow_readers: only with mode: rate (this plan's mode is {mode})")
     return mode, tuple(float(r) for r in rates), arrival, mix
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,10 +30,10 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadgen import arrivals, knee, stats
-from loadgen.k6_runner import PROMPT_TEXT, StepRun, StepSpec, prompt_text
+from loadgen import arrivals, knee, stats, workload
+from loadgen.k6_runner import StepRun, StepSpec
 from loadgen.plan import Plan
-from loadgen.prom import Prometheus, PrometheusDown, render, step_queries
+from loadgen.prom import Prometheus, PrometheusDown
 from loadgen.results import RunResults, Step
 from loadgen.slow_readers import SlowReaders
 
@@ -46,15 +45,6 @@ FALLBACK_MAX_RATE = 1000.0
 
 def is_rate(plan: Plan) -> bool:
     return plan.mode == "rate"
-
-
-def mix_of(plan: Plan) -> arrivals.Mix:
-    """The plan's mix, else its profile as a fixed-length mix."""
-    if plan.mix is not None:
-        return plan.mix
-    return arrivals.Mix(prompt_words=arrivals.Length(value=plan.profile.prompt_words),
-                        output_tokens=arrivals.Length(value=plan.profile.max_tokens),
-                        ignore_eos=plan.profile.ignore_eos)
 
 
 # ------------------------------------------------------------------------------------------ knee search
@@ -86,7 +76,7 @@ def find_knee(plan: Plan, outcomes: list[knee.Outcome]) -> knee.Knee:
 def step_spec(plan: Plan, run_id: str, rate: float, duration_s: float, target: str, model: str,
               remote_write_url: str | None, api_key: str | None, work_dir: Path) -> StepSpec:
     """The k6 settings of one rate step; its schedule goes to work_dir/step-RATE-schedule.json."""
-    mix = mix_of(plan)
+    mix = workload.mix_of(plan)
     instants = arrivals.schedule(rate, duration_s, plan.arrival)
     if not instants:  # a rate too low for the window still sends one request, mid-step
         instants = [duration_s / 2]
@@ -94,16 +84,13 @@ def step_spec(plan: Plan, run_id: str, rate: float, duration_s: float, target: s
     work_dir.mkdir(parents=True, exist_ok=True)
     path = (work_dir / f"step-{rate:g}-schedule.json").resolve()
     path.write_text(json.dumps(rows))
-    extra = {"schedule_path": str(path), "requests": len(rows), "run_id": run_id, "rate": rate,
-             "think_time_s": mix.think_time_s,
+    extra = {**workload.converse_settings(mix, run_id), "schedule_path": str(path), "requests": len(rows),
+             "rate": rate,
              # After the schedule's end: time for the last conversation's every turn (and retry) to finish.
              "tail_s": ((plan.request_timeout_s * (mix.retries.max + 1)
                          + mix.retries.backoff_s * (2 ** mix.retries.max - 1) + mix.think_time_s)
                         * max(int(r[3]) for r in rows) + 5),
              "late_tolerance_ms": plan.arrival.late_tolerance_ms, "start_delay_ms": START_DELAY_MS,
-             "vocabulary": PROMPT_TEXT, "system_prompt": prompt_text(mix.system_prompt_words) or None,
-             "retry_max": mix.retries.max, "retry_on": list(mix.retries.errors),
-             "retry_backoff_s": mix.retries.backoff_s,
              "slow_read_bytes_per_s": mix.slow_readers.read_bytes_per_s,
              "slow_recv_buffer_bytes": mix.slow_readers.recv_buffer_bytes}
     return StepSpec(run_id=run_id, step=rate, vus=plan.arrival.max_in_flight, duration_s=duration_s, target=target,
@@ -272,24 +259,6 @@ def drop_cause(step: Step) -> tuple[str | None, list[str]]:
     return None, evidence
 
 
-def lengths(prometheus: Prometheus | None, model: str, start: float, end: float) -> dict[str, Any] | None:
-    """vLLM's prompt and output token histograms over [start, end]: what it actually got."""
-    if prometheus is None:
-        return None
-    seconds = max(10, math.ceil(end - start))
-    out: dict[str, Any] = {}
-    try:
-        for name, expr in step_queries()["lengths"].items():
-            result = prometheus.vector(render(expr, model=model, window=f"{seconds}s"), at=end)
-            if name.endswith("_buckets"):
-                out[name] = sorted([float(r["metric"]["le"]), float(r["value"][1])] for r in result)
-            else:
-                out[name] = float(result[0]["value"][1]) if result else None
-    except PrometheusDown:
-        return None
-    return out
-
-
 def queue_figures(sampler: QueueSampler, plan: Plan, zero: float | None) -> dict[str, Any]:
     """The waiting gauge over the step and, with a burst, how long the queue took to drain after it."""
     samples = sampler.samples
@@ -320,26 +289,7 @@ def _interval(samples: list[tuple[float, float, float]]) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------ report
-def histogram_summary(buckets: list[list[float]] | None, total: float | None, count: float | None) -> dict[str, Any]:
-    """Requests, mean (exact, from _sum/_count) and the buckets holding p10/p50/p90 of one histogram."""
-    from loadgen.prom import bucket_of
-
-    pairs = [(le, c) for le, c in buckets or []]
-    out: dict[str, Any] = {"requests": count, "mean": (total / count) if total is not None and count else None}
-    for name, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
-        out[name] = bucket_of(pairs, q) if pairs else None
-    return out
-
-
-def _bucket_text(bounds: tuple[float, float] | None) -> str:
-    if bounds is None:
-        return "n/a"
-    low, high = bounds
-    return f"≤ {high:g}" if low == 0 else f"{low:g}-{high:g}"
-
-
-def _n(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:,.{digits}f}"
+_n = workload.number
 
 
 def capacity_text(results: RunResults) -> str:
@@ -358,8 +308,8 @@ def load_context(results: RunResults, steps: list[Step]) -> dict[str, Any] | Non
     from loadgen.plan import plan_from_dict
 
     plan = plan_from_dict(plan_data)
-    mix = mix_of(plan)
-    rate_rows, length_rows, drain_rows, slow_rows = [], [], [], []
+    mix = workload.mix_of(plan)
+    rate_rows, drain_rows, slow_rows = [], [], []
     for s in steps:
         sr = s.get("slow_readers")
         if sr:
@@ -374,16 +324,6 @@ def load_context(results: RunResults, steps: list[Step]) -> dict[str, Any] | Non
                           _n(r.get("late_p50_ms")), _n(r.get("late_p99_ms")), str(r.get("sent_late", "n/a")),
                           f"{r['retries']} ({r['retried_ok']} ok)" if r.get("retries") is not None else "n/a",
                           _n((s.get("client") or {}).get("in_flight_avg"), 1)])
-        lengths_ = s.get("lengths") or {}
-        prompt = histogram_summary(lengths_.get("prompt_buckets"), lengths_.get("prompt_sum"),
-                                   lengths_.get("prompt_count"))
-        output = histogram_summary(lengths_.get("generation_buckets"), lengths_.get("generation_sum"),
-                                   lengths_.get("generation_count"))
-        length_rows.append([f"{s['concurrency']:g}", _n(prompt["requests"], 0), _n(prompt["mean"]),
-                            _bucket_text(prompt["p10"]), _bucket_text(prompt["p50"]), _bucket_text(prompt["p90"]),
-                            _n(output["mean"]), _bucket_text(output["p10"]), _bucket_text(output["p50"]),
-                            _bucket_text(output["p90"]), _n((s.get("server") or {}).get("vllm", {}).get(
-                                "prefix_cache_hit_ratio"), 2)])
         for d in (s.get("queue") or {}).get("bursts") or []:
             drain = ("did not drain before the step ended" if d["drain_s"] is None else
                      "no queue formed (waiting never rose above its level before the burst)"
@@ -394,29 +334,13 @@ def load_context(results: RunResults, steps: list[Step]) -> dict[str, Any] | Non
                                _n(d["waiting_peak"], 0), drain])
     return {
         "arrivals": arrivals.describe(plan.arrival),
-        "mix": (f"prompts {arrivals.describe_length(mix.prompt_words, 'words')}, outputs "
-                f"{arrivals.describe_length(mix.output_tokens, 'tokens')} "
-                + ("(ignore_eos: exact lengths)" if mix.ignore_eos else "(natural ends: max_tokens is only a cap)")
-                + (f", a shared system prompt of {mix.system_prompt_words} words" if mix.system_prompt_words else "")
-                + ("" if mix.turns == arrivals.Length(value=1) else
-                   f"; conversations of {arrivals.describe_length(mix.turns, 'turns')}, each turn resending the "
-                   f"history, {mix.think_time_s:g} s of thinking between turns (an arrival is a conversation; "
-                   "completed requests count every turn)"))
-                + (f"; failed requests ({', '.join(mix.retries.errors)}) retried up to {mix.retries.max} times after "
-                   f"{mix.retries.backoff_s:g} s, doubling" if mix.retries.max else "")
-                + (f"; {mix.slow_readers.share:.0%} of the arrivals are slow readers (reading at "
-                   f"{mix.slow_readers.read_bytes_per_s:g} bytes/s through a {mix.slow_readers.recv_buffer_bytes} "
-                   "byte socket buffer, sent by loadgen's own client and kept out of the client figures)"
-                   if mix.slow_readers.share else ""),
+        "mix": workload.describe(mix, open_loop=True),
         "rate_table": {"headers": ["offered req/s (step)", "offered req/s (window)", "scheduled", "sent req/s",
                                    "completed ok req/s", "dropped", "send late p50 ms", "send late p99 ms",
                                    "sent over the tolerance late (k6 short of CPU)", "retries sent",
                                    "client in flight avg"],
                        "rows": rate_rows},
-        "length_table": {"headers": ["offered req/s", "requests (vLLM)", "prompt tokens mean", "prompt p10 bucket",
-                                     "prompt p50 bucket", "prompt p90 bucket", "output tokens mean",
-                                     "output p10 bucket", "output p50 bucket", "output p90 bucket",
-                                     "prefix cache hit ratio"], "rows": length_rows},
+        "length_table": workload.length_table(steps, "offered req/s"),
         "drain_table": {"headers": ["offered req/s", "burst", "waiting before (max)", "waiting peak",
                                     "queue drained after the burst in"], "rows": drain_rows} if drain_rows else None,
         "slow_table": {"headers": ["offered req/s", "slow readers ok", "TTFT p50 s", "total p50 s", "total p95 s",

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import psutil
 from tqdm import tqdm
 
-from loadgen import knee, rate_mode, stats
+from loadgen import knee, rate_mode, stats, workload
 from loadgen.grafana.annotate import Annotator
 from loadgen.k6_runner import StepRun, StepSpec, run_step
 from loadgen.plan import Plan
@@ -121,14 +121,19 @@ class Sweep:
         length = plan.warmup_s + steady
         if rate_mode.is_rate(plan):
             return self.run_rate(concurrency, bar, steady)
+        # With a request mix, each user's next request is the next of the mix's draws (loadgen/workload.py).
+        extra, max_tokens = (workload.closed_loop_settings(plan, self.results["run_id"]) if plan.mix is not None
+                             else ({}, plan.profile.max_tokens))
         spec = StepSpec(run_id=self.results["run_id"], step=concurrency, vus=int(concurrency), duration_s=length,
                         target=self.target, model=self.model, prompt_words=plan.profile.prompt_words,
-                        max_tokens=plan.profile.max_tokens, ignore_eos=plan.profile.ignore_eos,
+                        max_tokens=max_tokens, ignore_eos=workload.mix_of(plan).ignore_eos,
                         request_timeout_s=plan.request_timeout_s, remote_write_url=self.remote_write_url,
-                        api_key=self.api_key)
+                        api_key=self.api_key, extra=extra)
         started = time.time()
         run = self.step_runner(spec, self.run_dir / "raw", watchdog=self._watchdog(bar, started, length))
         step = self.measure(concurrency, started, run, steady)
+        if plan.mix is not None and step.get("steady_start") is not None:
+            step["lengths"] = workload.lengths(self.prometheus, self.model, started, time.time())
         if self.step_runner is not run_step:  # --executor k8s
             step["replicas"] = run.ready_replicas
         return step
@@ -150,7 +155,7 @@ class Sweep:
         if step.get("steady_start") is not None:
             step["rate"] = rate_mode.rate_figures(self.plan, rate, run.records, dropped, step["steady_start"],
                                                   step["steady_end"])
-            step["lengths"] = rate_mode.lengths(self.prometheus, self.model, started, time.time())
+            step["lengths"] = workload.lengths(self.prometheus, self.model, started, time.time())
             step["queue"] = rate_mode.queue_figures(sampler, self.plan, rate_mode.schedule_zero(run.records + dropped))
             step["slow_readers"] = rate_mode.slow_figures(slow_records, step["steady_start"], step["steady_end"])
             if slow.note:

@@ -101,6 +101,8 @@ RATE = {"mode": "rate", "rates": [1, 2]}
     ({"mode": "rate", "rates": [0, 1]}, "rates[0]: must be >= 0.001"),
     ({"rates": [1, 2]}, "rates: only with mode: rate"),
     ({"arrival": {"process": "gamma"}}, "arrival: only with mode: rate"),
+    ({"mix": {"prompt_words": 10, "output_tokens": 5, "slow_readers": {"share": 0.1}}},
+     "mix.slow_readers: only with mode: rate"),
     ({**RATE, "arrival": {"process": "weibull"}}, "arrival.process: must be one of poisson, gamma, constant"),
     ({**RATE, "arrival": {"burstiness": 0.5}}, "arrival.burstiness: only for process gamma"),
     ({**RATE, "arrival": {"process": "gamma", "burstiness": 0}}, "arrival.burstiness: must be > 0"),
@@ -140,6 +142,8 @@ def test_bundled_rate_plans_parse_and_survive_results_json() -> None:
         assert plan_from_dict(plan.to_dict()) == plan
         assert parse_plan({**plan.to_dict(), "steps": list(plan.steps)}, name) == plan  # as --rates & co re-read it
     assert load_plan("mix-native").mix is not None and load_plan("burst-native").arrival.bursts
+    users = load_plan("mix-users-native")  # a request mix in the closed loop
+    assert users.mode == "concurrency" and users.mix is not None and plan_from_dict(users.to_dict()) == users
 
 
 def outcome(rate: float, ok: bool, tok_s: float | None = None) -> knee.Outcome:

@@ -7,21 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.stack import Stack
+
 pytestmark = pytest.mark.stack
-
-
-class Stack(Protocol):  # the `stack` fixture (conftest): what this test uses of it
-    collector: str
-    prometheus: str
 
 
 def test_a_short_rate_sweep_reports_offered_vs_achieved_lengths_and_drain(stack: Stack, tmp_path: Path) -> None:
@@ -37,14 +30,7 @@ def test_a_short_rate_sweep_reports_offered_vs_achieved_lengths_and_drain(stack:
                 "system_prompt_words": 40, "turns": {"dist": "histogram", "bins": [[1, 2, 1]]},
                 "think_time_s": 0.3, "slow_readers": {"share": 0.2, "read_bytes_per_s": 4000}},
     }
-    plan_path = tmp_path / "plan.yaml"
-    plan_path.write_text(yaml.safe_dump(plan))
-    out = tmp_path / "reports"
-    result = subprocess.run([sys.executable, "-m", "loadgen", "sweep", "--plan", str(plan_path), "--target",
-                             stack.collector, "--prometheus", stack.prometheus, "--no-panels", "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    run_dir = next(out.iterdir())
+    run_dir = stack.sweep(plan, tmp_path)
     results: dict[str, Any] = json.loads((run_dir / "results.json").read_text())
     assert results["plan"]["mode"] == "rate" and results["status"] == "complete"
     steps = {s["concurrency"]: s for s in results["steps"]}
@@ -98,7 +84,7 @@ def test_a_short_rate_sweep_reports_offered_vs_achieved_lengths_and_drain(stack:
     for text in ("open loop by arrival rate", "## Load: open loop, offered vs achieved", "offered req/s",
                  "completed ok req/s", "dropped", "Lengths vLLM saw", "queue drained after the burst in",
                  "Poisson arrivals", "lognormal, mean 25 words", "a shared system prompt of 40 words",
-                 "conversations of histogram", "slow readers ok"):
+                 "conversations of 1-2 turns (uniform)", "slow readers ok"):
         assert text in report, text
     assert "concurrent users" not in report.split("## Envelope table")[0]
     html = (run_dir / "report.html").read_text()

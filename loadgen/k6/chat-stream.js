@@ -3,9 +3,13 @@
 // file the orchestrator writes (LOADGEN_STEP_CONFIG); one JSON line per request goes to the console
 // (run with --log-format=raw --console-output=FILE) for the per-request CSV.
 //
+// With a request mix (the config's `mix_rows`: [prompt_words, max_tokens, turns] rows drawn by
+// loadgen/arrivals.py), each user's next request is the next row in turn across all users: a
+// conversation of that many turns, retried as the mix says (chat-request.js: converse).
+//
 // The request itself (timing, reading, the llm_* metrics): chat-request.js.
 import exec from 'k6/execution';
-import { chatRequest } from './chat-request.js';
+import { chatRequest, converse, logRecord } from './chat-request.js';
 
 const cfg = JSON.parse(open(__ENV.LOADGEN_STEP_CONFIG));
 
@@ -36,21 +40,22 @@ function requestBody(nonce) {
   });
 }
 
+function mixRequest() {
+  const index = exec.scenario.iterationInTest;
+  const [promptWords, maxTokens, turns] = cfg.mix_rows[index % cfg.mix_rows.length];
+  converse(cfg, promptWords, maxTokens, turns, `[${cfg.run_id}-${index}] `, (turn, attempt, startMs, r) => {
+    logRecord(cfg, startMs, r, { index, turn, attempt, max_tokens: maxTokens, finish_reason: r.finish });
+  });
+}
+
 export default function () {
+  if (cfg.mix_rows) {
+    mixRequest();
+    return;
+  }
   const nonce = `${exec.vu.idInTest}-${exec.vu.iterationInScenario}`;
   const startMs = Date.now();
-  const r = chatRequest(cfg, requestBody(nonce));
-  console.log(JSON.stringify({
-    step: cfg.step,
-    vu: exec.vu.idInTest,
-    start_ms: startMs,
-    ttft_ms: r.ttftMs,
-    total_ms: r.totalMs,
-    status: r.status,
-    output_tokens: r.outputTokens,
-    prompt_tokens: r.promptTokens,
-    error: r.error,
-  }));
+  logRecord(cfg, startMs, chatRequest(cfg, requestBody(nonce)));
 }
 
 export function handleSummary(data) {

@@ -18,7 +18,7 @@ import exec from 'k6/execution';
 import { sleep } from 'k6';
 import { SharedArray } from 'k6/data';
 import { Counter, Trend } from 'k6/metrics';
-import { chatRequest } from './chat-request.js';
+import { converse, logRecord } from './chat-request.js';
 
 const cfg = JSON.parse(open(__ENV.LOADGEN_STEP_CONFIG));
 const schedule = new SharedArray('schedule', () => JSON.parse(open(cfg.schedule_path)));
@@ -39,107 +39,34 @@ export const options = {
 
 const lateness = new Trend('llm_send_late', true);
 const dropped = new Counter('llm_dropped');
-const vocabulary = cfg.vocabulary.split(' ');
-
-function words(n, offset) {
-  const out = new Array(n);
-  for (let i = 0; i < n; i += 1) out[i] = vocabulary[(i + offset) % vocabulary.length];
-  return out.join(' ');
-}
-
-function requestBody(messages, maxTokens) {
-  return JSON.stringify({
-    model: cfg.model,
-    messages,
-    max_tokens: maxTokens,
-    stream: true,
-    stream_options: { include_usage: true },
-    ignore_eos: cfg.ignore_eos,
-    temperature: 0,
-  });
-}
 
 export default function () {
   const index = exec.scenario.iterationInTest;
   const [offsetMs, promptWords, maxTokens, turnsRaw, slowReader] = schedule[index];
-  const turns = turnsRaw || 1;
   const zero = exec.scenario.startTime + cfg.start_delay_ms;
   // The schedule's zero for loadgen/slow_readers.py, which sends the slow readers' rows (k6 reads at full speed).
   if (index === 0) console.log(`zero_ms=${zero}`);
   if (slowReader) return;
   const due = zero + offsetMs;
-  let now = Date.now();
+  const now = Date.now();
   const taken = now - due; // > 0: no user was free to take this request before its instant
   if (taken > cfg.late_tolerance_ms) {
     dropped.add(1);
-    console.log(JSON.stringify({
-      step: cfg.step, vu: exec.vu.idInTest, index, zero_ms: zero, scheduled_ms: due, start_ms: due, late_ms: taken, ttft_ms: 0,
-      total_ms: 0, status: 0, output_tokens: 0, prompt_tokens: 0, max_tokens: maxTokens, error: 'dropped',
-      dropped: true,
-    }));
+    const none = { ttftMs: 0, totalMs: 0, status: 0, outputTokens: 0, promptTokens: 0, error: 'dropped' };
+    logRecord(cfg, due, none, {
+      index, zero_ms: zero, scheduled_ms: due, late_ms: taken, max_tokens: maxTokens, dropped: true,
+    });
     return;
   }
-  if (due > now) {
-    sleep((due - now) / 1000);
-    now = Date.now();
-  }
-  const late = Math.max(0, now - due);
+  if (due > now) sleep((due - now) / 1000);
+  const late = Math.max(0, Date.now() - due);
   lateness.add(late);
-  // The system prompt is the same for every request (vLLM's prefix cache serves it); the nonce opens
-  // the conversation's first question, so nothing after the system prompt is shared between conversations.
-  const messages = [];
-  if (cfg.system_prompt) messages.push({ role: 'system', content: cfg.system_prompt });
-  for (let turn = 0; turn < turns; turn += 1) {
-    if (turn > 0) {
-      if (cfg.think_time_s > 0) sleep(cfg.think_time_s);
-      now = Date.now();
-    }
-    const nonce = turn === 0 ? `[${cfg.run_id}-${index}] ` : '';
-    messages.push({ role: 'user', content: `${nonce}${words(promptWords, turn * 7)}` });
-    let answer = null;
-    // A client that retries: after a failure of a kind in retry_on, the same request again after
-    // retry_backoff_s, doubling each time (every attempt is a request the server sees: a retry storm
-    // shows in the request counts).
-    for (let attempt = 0; attempt <= cfg.retry_max; attempt += 1) {
-      if (attempt > 0) {
-        sleep(cfg.retry_backoff_s * 2 ** (attempt - 1));
-        now = Date.now();
-      }
-      const result = send(index, turn, attempt, zero, due, now, turn === 0 && attempt === 0 ? late : 0, messages,
-        maxTokens);
-      if (result.kind === '') {
-        answer = result.text;
-        break;
-      }
-      if (!cfg.retry_on.includes(result.kind)) break;
-    }
-    if (answer === null) break; // a failed turn ends the conversation
-    messages.push({ role: 'assistant', content: answer });
-  }
-}
-
-function send(index, turn, attempt, zero, due, now, late, messages, maxTokens) {
-  const r = chatRequest(cfg, requestBody(messages, maxTokens), true);
-  console.log(JSON.stringify({
-    step: cfg.step,
-    vu: exec.vu.idInTest,
-    index,
-    turn,
-    attempt,
-    zero_ms: zero,
-    scheduled_ms: due,
-    start_ms: now,
-    late_ms: late,
-    ttft_ms: r.ttftMs,
-    total_ms: r.totalMs,
-    status: r.status,
-    output_tokens: r.outputTokens,
-    prompt_tokens: r.promptTokens,
-    max_tokens: maxTokens,
-    finish_reason: r.finish,
-    error: r.error,
-  }));
-  return { kind: r.error, text: r.text };
+  converse(cfg, promptWords, maxTokens, turnsRaw || 1, `[${cfg.run_id}-${index}] `, (turn, attempt, startMs, r) => {
+    logRecord(cfg, startMs, r, {
+      index, turn, attempt, zero_ms: zero, scheduled_ms: due, late_ms: turn === 0 && attempt === 0 ? late : 0,
+      max_tokens: maxTokens, finish_reason: r.finish,
+    });
+  });
 }
 
 export function handleSummary(data) {

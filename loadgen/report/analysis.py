@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadgen import knee, rate_mode
+from loadgen import arrivals, knee, rate_mode
 from loadgen.plan import Plan, plan_from_dict
 from loadgen.report import diagnosis
 from loadgen.results import RunResults, Step, done_steps
@@ -389,7 +389,7 @@ def analyse(results: RunResults) -> Analysis:
     bandwidth = bandwidth_limit(results, plan, rows)
     waits = [w for w in (diagnosis.where_waited(s, host_cpu_counts) for s in steps) if w is not None]
     peak = diagnosis.throughput_knee(points)
-    checks = diagnosis.consistency_checks(steps, bandwidth, THROUGHPUT_AGREEMENT)
+    checks = diagnosis.consistency_checks(steps, bandwidth, THROUGHPUT_AGREEMENT, shared_prefix(plan))
     if steps and not host_cpu_counts:
         flags.append(f"The host's CPUs were at least {HOST_CPU_SATURATED:.0%} busy already at "
                      f"{_n_users(steps[0]['concurrency'])}, the least loaded step: the engine computes (or waits "
@@ -431,6 +431,16 @@ def _flags(steps: list[Step], results: RunResults) -> tuple[list[str], list[str]
     return flags, client_signals
 
 
+def shared_prefix(plan: Plan) -> str | None:
+    """What the plan's mix shares between requests on purpose, in words; None when prompts are distinct."""
+    mix = plan.mix
+    if mix is None:
+        return None
+    shared = ([f"a {mix.system_prompt_words}-word system prompt"] if mix.system_prompt_words else []) + (
+        ["conversations resend their history"] if mix.turns != arrivals.Length(value=1) else [])
+    return "; ".join(shared) or None
+
+
 def _users(n: float) -> str:
     if isinstance(n, float):  # a rate sweep's step: offered requests/s (loadgen/rate_mode.py)
         return f"{n:g} requests/s offered (open loop)"
@@ -446,9 +456,13 @@ def _n_users(n: float) -> str:
 def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str, results: RunResults,
                       peak: diagnosis.ThroughputKnee | None = None, waits: list[diagnosis.Wait] | None = None) -> str:
     by_c = {r.concurrency: r for r in rows}
-    outputs = plan.profile.max_tokens
     prompt = next((s["client"].get("prompt_tokens_per_request") for s in results["steps"]
                    if s["status"] == "done" and s.get("client")), None)
+    # A mix's outputs vary: the median the client counted (the server's usage), not the profile's cap.
+    output = next((s["client"].get("output_tokens_per_request") for s in results["steps"]
+                   if s["status"] == "done" and s.get("client")), None)
+    outputs = (f"outputs of ~{output:.0f} tokens (median of a request mix)" if plan.mix is not None and output
+               else f"outputs up to {plan.profile.max_tokens} tokens")
     prompt_text = f" and prompts of ~{prompt:.0f} tokens" if prompt else ""
     if not rows:
         return "No step finished, so there is no envelope yet."
@@ -464,7 +478,7 @@ def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str,
     if front is not None and not cause.startswith("front-end"):
         tail += f" From {_n_users(front.concurrency)} on, " + diagnosis.wait_sentence(front) + "."
     if found.concurrency is None:
-        return (f"Even {_users(found.first_bad or 1)} with outputs up to {outputs} tokens broke the SLO: "
+        return (f"Even {_users(found.first_bad or 1)} with {outputs} broke the SLO: "
                 f"{cause}.") + tail
     row = by_c[found.concurrency]
     e2e = f"{row.e2e_p95_s:.1f} s" if row.e2e_p95_s is not None else "n/a"
@@ -480,7 +494,7 @@ def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str,
                 f"({shared}{agg} in total)")
     else:
         user = f"the users share {agg}"
-    head = (f"At up to {_users(found.concurrency)} with outputs up to {outputs} tokens{prompt_text}, "
+    head = (f"At up to {_users(found.concurrency)} with {outputs}{prompt_text}, "
             f"p95 latency stays under {e2e} (p95 time to first token {ttft}) and {user}")
     if found.first_bad is None:
         partial = " (this run is partial: see what is missing)" if results.get("status") != "complete" else ""

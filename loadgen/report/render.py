@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from loadgen import cold_start, knee, rate_mode
+from loadgen import cold_start, knee, rate_mode, workload
 from loadgen.grafana.panels import DASHBOARDS
 from loadgen.report import diagnosis, plots
 from loadgen.report.analysis import Analysis, Row, analyse
@@ -23,6 +23,7 @@ from loadgen.results import RunResults, Step, done_steps, load_run
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 CSV_FIELDS = ("step", "vu", "start_ms", "in_steady_window", "ttft_ms", "total_ms", "status", "output_tokens",
               "prompt_tokens", "error")
+MIX_CSV_FIELDS = ("index", "turn", "attempt", "max_tokens", "finish_reason", "late_ms", "dropped")
 
 
 def _s(value: float | None, digits: int = 3) -> str:
@@ -42,23 +43,27 @@ def _pct(value: float | None) -> str:
 
 
 def write_requests_csv(run_dir: Path, results: RunResults) -> Path:
-    """Every request k6 recorded, one row each, flagged when it started in its step's steady window."""
+    """Every request k6 recorded, one row each, flagged when it started in its step's steady window; a
+    request mix's runs add which draw, turn and attempt each request was and its max_tokens."""
     windows = {s["concurrency"]: (s.get("steady_start"), s.get("steady_end")) for s in results["steps"]}
+    records = []
+    for raw in sorted((run_dir / "raw").glob("step-*-requests.jsonl")):
+        for line in raw.read_text().splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            start, end = windows.get(record.get("step"), (None, None))
+            record["in_steady_window"] = bool(start and end and start <= record["start_ms"] / 1000 < end)
+            records.append(record)
+    fields = CSV_FIELDS + (MIX_CSV_FIELDS if any("turn" in r for r in records) else ())
     path = run_dir / "requests.csv"
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        for raw in sorted((run_dir / "raw").glob("step-*-requests.jsonl")):
-            for line in raw.read_text().splitlines():
-                if not line.startswith("{"):
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                start, end = windows.get(record.get("step"), (None, None))
-                record["in_steady_window"] = bool(start and end and start <= record["start_ms"] / 1000 < end)
-                writer.writerow(record)
+        writer.writerows(records)
     return path
 
 
@@ -318,6 +323,7 @@ def render(run_dir: Path) -> tuple[Path, Path]:
         "provenance_yaml": yaml.safe_dump(provenance, sort_keys=False),
         "csv_name": csv_path.name,
         "load": rate_mode.load_context(results, steps),  # None for a closed-loop (concurrency) run
+        "closed_mix": workload.closed_loop_context(results.get("plan") or {}, steps),  # closed loop with a mix
         "cold_start": cold_start_text(results, steps),
     }
     if context["load"] is not None:  # a rate run's steps are offered rates, not users

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -38,3 +44,15 @@ class Stack:
     def wait_for_scrape(self, seconds: float | None = None) -> None:
         """Sleep long enough for one more scrape of every target."""
         time.sleep(seconds if seconds is not None else 2 * 5 + 1)
+
+    def sweep(self, plan: dict[str, Any], work: Path) -> Path:
+        """Runs `python -m loadgen sweep` with `plan` through the collector (no panels), as a user would;
+        returns the run folder."""
+        plan_path = work / "plan.yaml"
+        plan_path.write_text(yaml.safe_dump(plan))
+        out = work / "reports"
+        result = subprocess.run([sys.executable, "-m", "loadgen", "sweep", "--plan", str(plan_path), "--target",
+                                 self.collector, "--prometheus", self.prometheus, "--no-panels", "--out", str(out)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return next(out.iterdir())
