@@ -111,7 +111,9 @@ def step_config(spec: StepSpec, summary_path: str) -> dict[str, Any]:
         "step": spec.step, "vus": spec.vus, "duration_s": round(spec.duration_s, 3), "target": spec.target,
         "model": spec.model, "prompt": prompt_text(spec.prompt_words), "max_tokens": spec.max_tokens,
         "ignore_eos": spec.ignore_eos, "request_timeout_s": int(spec.request_timeout_s),
-        "summary_path": summary_path, "api_key": spec.api_key, **spec.extra,
+        "summary_path": summary_path, "api_key": spec.api_key, "run_id": spec.run_id,
+        "mix_rows": None,  # a closed-loop request mix's draws, set by loadgen/workload.py through `extra`
+        **spec.extra,
     }
 
 
