@@ -25,9 +25,10 @@ from urllib.parse import parse_qs, urlparse
 import jsonschema
 import pytest
 
-from loadgen import k8s_executor
+from loadgen import k8s_executor, workload
 from loadgen.k6_runner import StepRun, StepSpec, step_config
 from loadgen.k8s_executor import KubeApi, run_step_k8s
+from loadgen.plan import parse_plan
 from loadgen.results import load_run
 from loadgen.settings import ROOT
 from tests.support.stack import Stack
@@ -188,13 +189,18 @@ def test_api_errors_name_the_call(cluster: tuple[FakeCluster, KubeApi]) -> None:
 
 def test_step_runner_has_run_steps_shape_for_the_sweep(cluster: tuple[FakeCluster, KubeApi], tmp_path: Path) -> None:
     state, api = cluster
+    # A closed-loop request mix's draws travel in the step's config, as they do to a local k6.
+    mix_plan = parse_plan({"steps": [48], "mix": {"prompt_words": {"dist": "lognormal", "mean": 30, "cv": 0.5},
+                                                  "output_tokens": 64, "turns": 2}}, "plan.yaml")
+    mix, _ = workload.closed_loop_settings(mix_plan, "20261201-171244-default")
     spec = StepSpec(run_id="20261201-171244-default", step=48, vus=48, duration_s=30, target="http://collector:8000",
                     model="qwen3-8b", prompt_words=100, max_tokens=64, ignore_eos=True, request_timeout_s=60,
-                    remote_write_url="http://prometheus:9090/api/v1/write")
+                    remote_write_url="http://prometheus:9090/api/v1/write", extra=mix)
     run = k8s_executor.step_runner(api, replicas_selector="app=vllm", poll_s=0)(spec, tmp_path, None)
     assert isinstance(run, StepRun) and run.exit_code == 0 and len(run.records) == 6
     config = json.loads(state.configmaps["serving-envelope-k6-20261201-171244-default"]["data"]["step-48.json"])
     assert config == step_config(spec, "k6-summary.json")
+    assert len(config["mix_rows"]) == workload.CLOSED_ROWS and {r[2] for r in config["mix_rows"]} == {2}
     env = {e["name"]: e["value"] for e in state.created[0]["spec"]["runner"]["env"]}
     assert env["K6_PROMETHEUS_RW_SERVER_URL"] == spec.remote_write_url
     assert env["LOADGEN_STEP_CONFIG"] == "/test/step-48.json"
