@@ -121,7 +121,9 @@ def test_capstone_end_to_end_writes_a_complete_report(stack: Stack) -> None:
         assert step["k6"]["cpu_s"] > 0
     assert steps[20]["server"]["vllm"]["running_mean_counted"] > 2 * steps[1]["server"]["vllm"]["running_mean_counted"]
     check = steps[20]["throughput_check"]
-    assert check is not None and check["span"][1] - check["span"][0] >= 5
+    # At least one scrape interval (5 s) between the counter's samples, give or take the scrapes' jitter
+    # (a fresh machine's CI read 4.994 s).
+    assert check is not None and check["span"][1] - check["span"][0] >= 4.5
     # vLLM counts other helpers' traffic too, so only a loose agreement is asserted here; the accuracy
     # benchmark (scripts/bench_accuracy.py) measures it properly.
     assert 0.3 < check["client_over_vllm"] < 1.5, check
