@@ -128,7 +128,9 @@ def slow_figures(records: list[dict[str, Any]], steady_start: float, steady_end:
             "ttft_p50_s": stats.percentile([r["ttft_ms"] / 1000 for r in ok], 50),
             "total_p50_s": stats.percentile(totals, 50), "total_p95_s": stats.percentile(totals, 95),
             "read_bytes_per_s_p50": stats.percentile(rates, 50),
-            "output_tokens_p50": stats.percentile([float(r["output_tokens"]) for r in ok], 50)}
+            "output_tokens_p50": stats.percentile([float(r["output_tokens"]) for r in ok], 50),
+            # Their share of what the server held: Little's law counts every request this run sent.
+            "in_flight_avg": stats.in_flight_over(records, steady_start, steady_end)}
 
 
 class QueueSampler:

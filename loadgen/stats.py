@@ -34,6 +34,12 @@ def tokens_in_span(record: dict[str, Any], start: float, end: float) -> float:
     return tokens * overlap / (last - first)
 
 
+def in_flight_over(records: list[dict[str, Any]], start: float, end: float) -> float:
+    """Requests open, averaged over [start, end] (epoch s): each counts for its overlap."""
+    return float(sum(max(0.0, min(end, (r["start_ms"] + r["total_ms"]) / 1000) - max(start, r["start_ms"] / 1000))
+                     for r in records) / max(end - start, 1e-9))
+
+
 def client_step_stats(records: list[dict[str, Any]], start: float, end: float, users: float = 1) -> ClientStats:
     """Figures for requests that started in the steady window [start, end) (epoch seconds).
 
@@ -58,8 +64,7 @@ def client_step_stats(records: list[dict[str, Any]], start: float, end: float, u
     tokens = sum(tokens_in_span(r, start, end) for r in records if not r.get("error"))
     # Requests the client had open, averaged over the window (each counts for its overlap): the
     # left side of Little's law, to set beside what vLLM holds (running + waiting).
-    in_flight = sum(max(0.0, min(end, (r["start_ms"] + r["total_ms"]) / 1000) - max(start, r["start_ms"] / 1000))
-                    for r in records) / window
+    in_flight = in_flight_over(records, start, end)
     errors = Counter(str(r["error"]) for r in in_window if r.get("error"))
     return {
         "requests": len(in_window),

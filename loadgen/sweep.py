@@ -158,6 +158,11 @@ class Sweep:
             step["lengths"] = workload.lengths(self.prometheus, self.model, started, time.time())
             step["queue"] = rate_mode.queue_figures(sampler, self.plan, rate_mode.schedule_zero(run.records + dropped))
             step["slow_readers"] = rate_mode.slow_figures(slow_records, step["steady_start"], step["steady_end"])
+            check = step.get("throughput_check")
+            if check and slow_records:  # vLLM's counter holds the slow readers' tokens too
+                check["slow_readers_tok_s"] = stats.client_rate_over(slow_records, *check["span"])
+                check["client_over_vllm"] = ((check["client_tok_s"] + check["slow_readers_tok_s"]) / check["vllm_tok_s"]
+                                             if check["vllm_tok_s"] else None)
             if slow.note:
                 step["missing"].append(slow.note)
             if "slo" in step:

@@ -379,3 +379,35 @@ def test_errors_are_named_by_kind_and_source() -> None:
     step: Step = {"client": {"errors": 3, "error_kinds": {"http_5xx": 3}},
                             "server": {"collector_errors": {"upstream_connect_timeout": 3.0, "client_disconnect": 0.2}}}
     assert error_kinds(step) == "3 http_5xx at the client, 3 upstream_connect_timeout at the collector"
+
+
+def test_an_open_loop_s_slow_readers_and_few_scrapes_are_no_other_traffic() -> None:
+    """A short rate step (8-s window) with slow readers, as CI recorded it: at 1 req/s vLLM's gauge read 1.5
+    running from one scrape with 0.5 open at k6; at 3 req/s vLLM counted 3.4 with 2.4 open at k6 and the
+    run's slow readers keeping 2.3 more open. Both were flagged "vLLM held more than the client sent (other
+    traffic on the server?)": the traffic was the run's own, and one scrape of random arrivals says little."""
+    def rate_step(rate: float, vllm: dict[str, Any], client: dict[str, Any], slow: float | None) -> Step:
+        step: Step = {"concurrency": rate, "mode": "rate", "steady_start": 0.0, "steady_end": 8.0,
+                      "client": client, "server": {"vllm": vllm}}  # type: ignore[typeddict-item]
+        if slow is not None:
+            step["slow_readers"] = {"requests": 4, "ok": 4, "in_flight_avg": slow}
+        return step
+    low = rate_step(1.0, {"running_avg": 1.5, "waiting_avg": 0.0, "running_mean_counted": 0.79},
+                    {"in_flight_avg": 0.49, "e2e_p50_s": 0.40, "e2e_p95_s": 0.50}, 0.2)
+    assert diagnosis.gauge_sampling_error(low, 0.49) == pytest.approx(2 * (0.49 / 1) ** 0.5)
+    wait = diagnosis.where_waited(low)
+    assert wait is not None and not wait.counted and not wait.over_client and not wait.front_of_engine
+    assert wait.verdict() == "the run's slow readers (up to 0.2 more in vLLM) and the gauge's error (±1.4)"
+    high = rate_step(3.0, {"running_avg": 2.0, "waiting_avg": 0.0, "running_mean_counted": 3.38},
+                     {"in_flight_avg": 2.36, "e2e_p50_s": 0.46, "e2e_p95_s": 0.97}, 2.3)
+    wait = diagnosis.where_waited(high)
+    assert wait is not None and wait.counted and not wait.over_client
+    assert wait.verdict() == "the run's slow readers (up to 2.3 more in vLLM)"
+    little = [c for c in diagnosis.consistency_checks([high], {}, 0.03) if c.name.startswith("Little's law")]
+    assert little[0].ok and "account for vLLM's excess" in little[0].detail
+    # without slow readers the excess stands as a doubt; a closed loop's gauge has no sampling allowance
+    high.pop("slow_readers")
+    wait = diagnosis.where_waited(high)
+    assert wait is not None and wait.over_client and wait.verdict() == "vLLM held more than the client sent"
+    closed = {**low, "mode": "concurrency"}
+    assert diagnosis.gauge_sampling_error(closed, 0.49) == 0.0  # type: ignore[arg-type]

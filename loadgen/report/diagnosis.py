@@ -158,8 +158,12 @@ class Wait:
     evidence: list[str]
     api_server_cpu: float | None = None  # cores
     collector_cpu: float | None = None
-    # How far engine_held may be off by the window's edges alone, when it is vLLM's counted mean.
+    # How far engine_held may be off: by the window's edges when it is vLLM's counted mean, by the few
+    # scrapes of an open loop's random arrivals when it is the gauges' (0 for a closed loop's gauges).
     uncertainty: float = 0.0
+    counted: bool = False  # engine_held is vLLM's counted mean (else the gauges')
+    # Requests the run's slow readers kept open (outside the client's figure): vLLM holds up to that many more.
+    slow_readers: float = 0.0
 
     @property
     def front_of_engine(self) -> bool:
@@ -167,8 +171,15 @@ class Wait:
 
     @property
     def over_client(self) -> bool:
-        """vLLM held more than the client sent, by more than the figures' error (other traffic?)."""
-        return _beyond(-self.in_front, self.client_in_flight, self.uncertainty)
+        """vLLM held more than the client sent, by more than the figures' error and the run's slow readers
+        (other traffic?)."""
+        return _beyond(-self.in_front - self.slow_readers, self.client_in_flight, self.uncertainty)
+
+    @property
+    def slow_readers_explain(self) -> bool:
+        """vLLM held more than the client's figure by at least a request, and the run's slow readers account
+        for it."""
+        return bool(self.slow_readers) and self.in_front <= -1.0 and not self.over_client
 
     @property
     def within_error(self) -> bool:
@@ -183,8 +194,13 @@ class Wait:
             return self.where or "in front of the engine"
         if self.over_client:
             return "vLLM held more than the client sent"
+        if self.slow_readers_explain:
+            return f"the run's slow readers (up to {self.slow_readers:.1f} more in vLLM)" + (
+                f" and the {'counted figure' if self.counted else 'gauge'}'s error (±{self.uncertainty:.1f})"
+                if -self.in_front > self.slow_readers else "")
         if self.within_error:
-            return f"within the counted figure's error (±{self.uncertainty:.1f})"
+            return (f"within the {'counted figure' if self.counted else 'gauge'}'s error "
+                    f"(±{self.uncertainty:.1f})")
         if self.in_front >= 1.0:
             share = self.in_front / self.client_in_flight if self.client_in_flight else 0.0
             return f"minor ({share:.0%} of those in flight; a finding from {FRONT_WAIT_SHARE:.0%})"
@@ -229,6 +245,19 @@ def counted_edge_error(step: Step) -> float:
         return 0.0
     scraped = min(window, max(SCRAPE_INTERVAL_S, (math.floor(window / SCRAPE_INTERVAL_S) - 1) * SCRAPE_INTERVAL_S))
     return float(in_flight * duration / scraped)
+
+
+def gauge_sampling_error(step: Step, in_flight: float) -> float:
+    """How far a gauge averaged over its scrapes in the window can stray from the time average, open loop
+    only: there the requests in flight at any instant vary like a Poisson count (random arrivals), so the
+    mean of n scrapes has a standard deviation of sqrt(in flight / n); two of them are allowed. A closed
+    loop keeps its users' requests open, the count barely varies between scrapes: 0. (A 1 req/s step read
+    vLLM's gauge as 1.5 running from two scrapes, with 0.5 open at the client.)"""
+    if step.get("mode") != "rate" or in_flight <= 0:
+        return 0.0
+    window = float(step.get("steady_end") or 0) - float(step.get("steady_start") or 0)
+    samples = max(1, math.floor(window / SCRAPE_INTERVAL_S))
+    return 2 * math.sqrt(in_flight / samples)
 
 
 def engine_figures(step: Step | None) -> dict[str, Any]:
@@ -306,17 +335,21 @@ def where_waited(step: Step, host_cpu_counts: bool = True) -> Wait | None:
     held, waiting, counted = _mean_held(vllm)
     if held is None:
         return None
-    uncertainty = counted_edge_error(step) if counted else 0.0
     client = step.get("client") or {}
     in_flight = client.get("in_flight_avg")
     if in_flight is None:  # runs recorded before the client's own figure: a closed loop keeps each user busy
         in_flight = float(step["concurrency"])
+    # An open loop's slow readers are this run's requests too, sent beside k6 and kept out of its figures:
+    # vLLM holds each for part of the time its reader keeps it open (until its tokens are generated).
+    slow = float(get_path(step, "slow_readers", "in_flight_avg") or 0.0)
+    uncertainty = counted_edge_error(step) if counted else gauge_sampling_error(step, in_flight)
     in_front = in_flight - held
     collector_cpu = get_path(step, "server", "collector", "cpu_cores")
     api_cpu = vllm.get("api_server_cpu_cores")
     host_busy = get_path(step, "server", "host", "cpu_busy_ratio")
-    evidence = [f"client had {in_flight:.1f} requests open on average, vLLM held {held:.1f} "
-                f"(running + waiting; {waiting:.1f} waiting)"]
+    evidence = [f"client had {in_flight:.1f} requests open on average"
+                + (f" (and the run's slow readers {slow:.1f} more)" if slow else "")
+                + f", vLLM held {held:.1f} (running + waiting; {waiting:.1f} waiting)"]
     in_collector = collector_in_flight(step)
     if in_collector is not None:
         evidence.append(f"the collector had {in_collector:.1f} in flight")
@@ -340,7 +373,7 @@ def where_waited(step: Step, host_cpu_counts: bool = True) -> Wait | None:
         else:
             where = "undetermined"
     return Wait(step["concurrency"], in_flight, held, waiting, in_front, where, evidence, api_cpu, collector_cpu,
-                uncertainty)
+                uncertainty, counted, slow)
 
 
 REMEDY = {
@@ -482,12 +515,16 @@ def consistency_checks(steps: list[Step], bandwidth: dict[str, Any], tolerance: 
                                 not wait.front_of_engine and not over,
                                 f"{wait.client_in_flight:.1f} open at the client, {wait.engine_held:.1f} in vLLM"
                                 + _edge_note(step)
-                                + (f" (a difference within the ±{wait.uncertainty:.1f} that vLLM's counted figure "
-                                   "allows over this window)" if wait.within_error else "")
+                                + ((f" (a difference within the ±{wait.uncertainty:.1f} that vLLM's counted figure "
+                                    "allows over this window)" if wait.counted else
+                                    f" (a difference within the ±{wait.uncertainty:.1f} that the gauge's few scrapes "
+                                    "of random arrivals allow)") if wait.within_error else "")
                                 + (f": {wait.in_front:.1f} waited in front of the engine" if wait.front_of_engine
                                    else "")
                                 + (": vLLM held more than the client sent (other traffic on the server?)"
-                                   if over else "")))
+                                   if over else "")
+                                + (f" ({wait.verdict()} account for vLLM's excess)"
+                                   if wait.slow_readers_explain else "")))
         client_user, server_user = get_path(step, "client", "user_tok_s_p50"), server_user_tok_s(step)
         if client_user and server_user:
             checks.append(Check("per-user speed vs the server's time per token", c, not bunched(step),

@@ -153,8 +153,10 @@ def throughput_table(steps: list[Step]) -> dict[str, Any]:
         check = s.get("throughput_check") or {}
         k6 = s.get("k6") or {}
         span = check.get("span")
-        rows.append([str(s["concurrency"]), _n(check.get("client_tok_s")), _n(check.get("vllm_tok_s")),
-                     _pct(check.get("client_over_vllm")) if check else "n/a",
+        slow = check.get("slow_readers_tok_s")
+        rows.append([str(s["concurrency"]),
+                     _n(check.get("client_tok_s")) + (f" + {slow:,.0f} slow readers" if slow is not None else ""),
+                     _n(check.get("vllm_tok_s")), _pct(check.get("client_over_vllm")) if check else "n/a",
                      f"{span[1] - span[0]:.0f} s" if span else "n/a", _n(k6.get("cpu_s"), 1),
                      _n(k6.get("cpu_cores"), 2), str(k6.get("requests_total", "n/a"))])
     return {"headers": ["concurrency", "k6 tok/s over span", "vLLM counter tok/s", "k6 / vLLM", "span",
