@@ -124,7 +124,8 @@ function words(cfg, n, offset) {
   return out.join(' ');
 }
 
-function mixBody(cfg, messages, maxTokens) {
+// A streaming chat request's JSON text: the usage comes in the last chunk, greedy decoding.
+export function chatBody(cfg, messages, maxTokens) {
   return JSON.stringify({
     model: cfg.model,
     messages,
@@ -154,7 +155,7 @@ export function converse(cfg, promptWords, maxTokens, turns, nonce, record) {
     for (let attempt = 0; attempt <= cfg.retry_max; attempt += 1) {
       if (attempt > 0) sleep(cfg.retry_backoff_s * 2 ** (attempt - 1));
       const startMs = Date.now();
-      const r = chatRequest(cfg, mixBody(cfg, messages, maxTokens), true);
+      const r = chatRequest(cfg, chatBody(cfg, messages, maxTokens), true);
       record(turn, attempt, startMs, r);
       if (r.error === '') {
         answer = r.text;

@@ -9,7 +9,7 @@
 //
 // The request itself (timing, reading, the llm_* metrics): chat-request.js.
 import exec from 'k6/execution';
-import { chatRequest, converse, logRecord } from './chat-request.js';
+import { chatBody, chatRequest, converse, logRecord } from './chat-request.js';
 
 const cfg = JSON.parse(open(__ENV.LOADGEN_STEP_CONFIG));
 
@@ -27,19 +27,6 @@ export const options = {
   discardResponseBodies: false,
 };
 
-function requestBody(nonce) {
-  // A distinct prefix per request keeps vLLM's prefix cache from turning long prompts into free ones.
-  return JSON.stringify({
-    model: cfg.model,
-    messages: [{ role: 'user', content: `[${nonce}] ${cfg.prompt}` }],
-    max_tokens: cfg.max_tokens,
-    stream: true,
-    stream_options: { include_usage: true },
-    ignore_eos: cfg.ignore_eos,
-    temperature: 0,
-  });
-}
-
 function mixRequest() {
   const index = exec.scenario.iterationInTest;
   const [promptWords, maxTokens, turns] = cfg.mix_rows[index % cfg.mix_rows.length];
@@ -53,9 +40,11 @@ export default function () {
     mixRequest();
     return;
   }
+  // A distinct prefix per request keeps vLLM's prefix cache from turning long prompts into free ones.
   const nonce = `${exec.vu.idInTest}-${exec.vu.iterationInScenario}`;
+  const messages = [{ role: 'user', content: `[${nonce}] ${cfg.prompt}` }];
   const startMs = Date.now();
-  logRecord(cfg, startMs, chatRequest(cfg, requestBody(nonce)));
+  logRecord(cfg, startMs, chatRequest(cfg, chatBody(cfg, messages, cfg.max_tokens)));
 }
 
 export function handleSummary(data) {

@@ -456,11 +456,10 @@ def _n_users(n: float) -> str:
 def envelope_sentence(plan: Plan, rows: list[Row], found: knee.Knee, cause: str, results: RunResults,
                       peak: diagnosis.ThroughputKnee | None = None, waits: list[diagnosis.Wait] | None = None) -> str:
     by_c = {r.concurrency: r for r in rows}
-    prompt = next((s["client"].get("prompt_tokens_per_request") for s in results["steps"]
-                   if s["status"] == "done" and s.get("client")), None)
+    measured = next((s["client"] for s in results["steps"] if s["status"] == "done" and s.get("client")), None)
+    prompt = measured.get("prompt_tokens_per_request") if measured else None
     # A mix's outputs vary: the median the client counted (the server's usage), not the profile's cap.
-    output = next((s["client"].get("output_tokens_per_request") for s in results["steps"]
-                   if s["status"] == "done" and s.get("client")), None)
+    output = measured.get("output_tokens_per_request") if measured else None
     outputs = (f"outputs of ~{output:.0f} tokens (median of a request mix)" if plan.mix is not None and output
                else f"outputs up to {plan.profile.max_tokens} tokens")
     prompt_text = f" and prompts of ~{prompt:.0f} tokens" if prompt else ""

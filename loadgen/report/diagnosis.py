@@ -183,9 +183,15 @@ class Wait:
 
     @property
     def within_error(self) -> bool:
-        """A gap that would be a finding, were it not within the counted figure's own error."""
+        """A gap that would be a finding, were it not within vLLM's figure's own error (and not the run's
+        slow readers' doing)."""
         return (_beyond(abs(self.in_front), self.client_in_flight, 0.0)
-                and not self.front_of_engine and not self.over_client)
+                and not self.front_of_engine and not self.over_client and not self.slow_readers_explain)
+
+    @property
+    def held_source(self) -> str:
+        """Which of vLLM's figures engine_held is, as the report names it."""
+        return "counted figure" if self.counted else "gauge"
 
     def verdict(self) -> str:
         """What the step's gap says, in a few words: where requests waited, or why the gap is no finding
@@ -196,11 +202,10 @@ class Wait:
             return "vLLM held more than the client sent"
         if self.slow_readers_explain:
             return f"the run's slow readers (up to {self.slow_readers:.1f} more in vLLM)" + (
-                f" and the {'counted figure' if self.counted else 'gauge'}'s error (±{self.uncertainty:.1f})"
+                f" and the {self.held_source}'s error (±{self.uncertainty:.1f})"
                 if -self.in_front > self.slow_readers else "")
         if self.within_error:
-            return (f"within the {'counted figure' if self.counted else 'gauge'}'s error "
-                    f"(±{self.uncertainty:.1f})")
+            return f"within the {self.held_source}'s error (±{self.uncertainty:.1f})"
         if self.in_front >= 1.0:
             share = self.in_front / self.client_in_flight if self.client_in_flight else 0.0
             return f"minor ({share:.0%} of those in flight; a finding from {FRONT_WAIT_SHARE:.0%})"
@@ -586,15 +591,14 @@ def kv_fill(results: RunResults) -> KvFill | None:
         return None
     if kv_tokens <= 0:
         return None
-    prompts = [get_path(s, "client", "prompt_tokens_per_request") for s in results.get("steps", [])
-               if s.get("status") == "done"]
-    prompt = next((p for p in prompts if p), None)
+    def measured(key: str) -> Any:
+        return next((v for s in results.get("steps", []) if s.get("status") == "done"
+                     if (v := get_path(s, "client", key))), None)
+    prompt = measured("prompt_tokens_per_request")
     if prompt is None:  # before any step: the plan's words, at ~1.3 tokens a word plus the chat template
         prompt = 1.3 * float(get_path(results, "plan", "profile", "prompt_words") or 0) + 10
     # Measured where a step finished (a mix's outputs vary; a natural end stops short of max_tokens).
-    outputs = [get_path(s, "client", "output_tokens_per_request") for s in results.get("steps", [])
-               if s.get("status") == "done"]
-    output = float(next((o for o in outputs if o), None) or get_path(results, "plan", "profile", "max_tokens") or 0)
+    output = float(measured("output_tokens_per_request") or get_path(results, "plan", "profile", "max_tokens") or 0)
     per_request = prompt + output
     return KvFill(kv_tokens, per_request, kv_tokens / per_request) if per_request > 0 else None
 
